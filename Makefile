@@ -1,0 +1,39 @@
+# The two commands of the README: `make smoke` and `make test`. Each does its own set-up.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+UV_VERSION := 0.13.8
+SMOKE_DIR ?= build/smoke
+PYTEST_ARGS ?=
+export UV_PYTHON_DOWNLOADS := never
+export PATH := $(CURDIR)/.venv/bin:$(HOME)/.local/bin:$(PATH)
+# Everything after download runs offline; the smoke profile's downloads are local folders.
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+.PHONY: setup smoke test lint fixture clean-smoke
+
+setup: .venv/.synced
+
+.venv/.synced: pyproject.toml uv.lock
+	@command -v uv >/dev/null || python3 -m pip install --quiet --user "uv==$(UV_VERSION)"
+	uv sync --frozen
+	@touch $@
+
+## Run the whole DVC pipeline offline on the bundled fixture (tiny models) in $(SMOKE_DIR).
+smoke: setup
+	python -m retrievers.profile smoke $(SMOKE_DIR)
+	@start=$$(date +%s); cd $(SMOKE_DIR) && $(OFFLINE) dvc repro; \
+	  echo "pipeline: $$(( $$(date +%s) - start )) s in $(SMOKE_DIR)"
+
+## Run the tests (unit, data, pipeline and behaviour).
+test: setup
+	$(OFFLINE) python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	ruff check src stages tests
+
+## Regenerate the committed fixture (deterministic: a test checks the bytes match).
+fixture: setup
+	python -m retrievers.data.fixture fixtures
+
+clean-smoke:
+	rm -rf $(SMOKE_DIR)

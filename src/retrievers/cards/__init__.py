@@ -1,0 +1,132 @@
+"""card@<model>: metrics + params + provenance -> model_cards/<model>/README.md (Hub front matter + Jinja body).
+
+The ``model-index`` mirrors the published cards: one result per NanoBEIR set (task
+``py-late-information-retrieval`` / ``sparse-information-retrieval``) and one for the mean (task
+``nano-beir`` / ``sparse-nano-beir``, dataset ``NanoBEIR mean``), metric names title-cased from their types.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from retrievers.config import ModelConfig
+
+TEMPLATES = Path("model_cards/templates")
+MEAN = "NanoBEIR_mean"
+
+
+@dataclass(frozen=True)
+class CardStyle:
+    per_set_task: tuple[str, str]
+    mean_task: tuple[str, str]
+    library_name: str
+    pipeline_tag: str
+    tags: tuple[str, ...]
+    metric_order: tuple[str, ...] = field(default=())
+
+
+STYLES = {
+    "colbert": CardStyle(
+        per_set_task=("py-late-information-retrieval", "Py Late Information Retrieval"),
+        mean_task=("nano-beir", "Nano BEIR"),
+        library_name="PyLate",
+        pipeline_tag="sentence-similarity",
+        tags=("ColBERT", "PyLate", "sentence-transformers", "sentence-similarity", "feature-extraction",
+              "generated_from_trainer", "loss:Distillation"),
+    ),
+    "splade": CardStyle(
+        per_set_task=("sparse-information-retrieval", "Sparse Information Retrieval"),
+        mean_task=("sparse-nano-beir", "Sparse Nano BEIR"),
+        library_name="sentence-transformers",
+        pipeline_tag="feature-extraction",
+        tags=("sentence-transformers", "sparse-encoder", "sparse", "splade", "generated_from_trainer",
+              "loss:SpladeLoss", "loss:SparseMultipleNegativesRankingLoss", "loss:FlopsLoss"),
+    ),
+}
+
+
+def metric_display_name(metric_type: str) -> str:
+    """'MaxSim_ndcg@10' -> 'Maxsim Ndcg@10', 'query_active_dims' -> 'Query Active Dims' (as the Hub cards)."""
+    return " ".join(part.capitalize() for part in metric_type.split("_"))
+
+
+def split_metrics(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Flat evaluator keys ('NanoSciFact_dot_ndcg@10', 'NanoBEIR_mean_dot_ndcg@10') -> {set: {metric: value}}."""
+    table: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        if key.startswith(MEAN + "_"):
+            dataset, metric = MEAN, key[len(MEAN) + 1 :]
+        else:
+            dataset, _, metric = key.partition("_")
+        if not dataset.startswith("Nano") or not metric:
+            continue
+        table.setdefault(dataset, {})[metric] = value
+    return table
+
+
+def eval_results(kind: str, metrics: dict[str, float]):
+    from huggingface_hub import EvalResult
+
+    style, results = STYLES[kind], []
+    for dataset, values in split_metrics(metrics).items():
+        task_type, task_name = style.mean_task if dataset == MEAN else style.per_set_task
+        name = "NanoBEIR mean" if dataset == MEAN else dataset
+        for metric, value in values.items():
+            results.append(EvalResult(task_type=task_type, task_name=task_name, dataset_type=dataset,
+                                      dataset_name=name, metric_type=metric, metric_value=value,
+                                      metric_name=metric_display_name(metric)))
+    return results
+
+
+def front_matter(model: ModelConfig, metrics: dict[str, float], base_model: str | None,
+                 datasets: list[str], dataset_size: int | None) -> dict[str, Any]:
+    from huggingface_hub import ModelCardData
+
+    style = STYLES[model.kind]
+    tags = list(style.tags) + ([f"dataset_size:{dataset_size}"] if dataset_size else [])
+    per_set = split_metrics(metrics)
+    metric_types = list(next(iter(per_set.values())).keys()) if per_set else []
+    data = ModelCardData(language=["en"], license="apache-2.0", library_name=style.library_name, tags=tags,
+                         base_model=base_model, datasets=datasets, pipeline_tag=style.pipeline_tag,
+                         metrics=metric_types, model_name=model.title,
+                         eval_results=eval_results(model.kind, metrics))
+    return yaml.safe_load(data.to_yaml())
+
+
+def describe_architecture(model_dir: Path, kind: str) -> str:
+    """The module stack of a saved model, in the libraries' repr style, read from its files (no model load)."""
+    import json
+
+    modules = json.loads((model_dir / "modules.json").read_text())
+    lines = [f"{'ColBERT' if kind == 'colbert' else 'SparseEncoder'}("]
+    for module in modules:
+        folder = model_dir / module["path"]
+        name = module["type"].rsplit(".", 1)[-1]
+        if (folder / "sentence_bert_config.json").exists():
+            settings = json.loads((folder / "sentence_bert_config.json").read_text())
+            settings = {k: v for k, v in settings.items() if k in ("max_seq_length", "do_lower_case")}
+            settings["architecture"] = json.loads((folder / "config.json").read_text())["architectures"][0]
+        else:
+            settings = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
+        lines.append(f"  ({module['idx']}): {name}({json.dumps(settings)})")
+    return "\n".join(lines + [")"])
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def render_card(model_key: str, model: ModelConfig, context: dict[str, Any], metrics: dict[str, float],
+                base_model: str | None, datasets: list[str], dataset_size: int | None) -> str:
+    env = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined, keep_trailing_newline=True,
+                      trim_blocks=True, lstrip_blocks=True)
+    matter = front_matter(model, metrics, base_model, datasets, dataset_size)
+    body = env.get_template(f"{model.kind}.md.j2").render(
+        key=model_key, model=model, tables=split_metrics(metrics), mean=MEAN, **context)
+    return "---\n" + yaml.safe_dump(matter, sort_keys=False, allow_unicode=True) + "---\n\n" + body

@@ -1,0 +1,133 @@
+"""The knowledge-distillation dataset (ms-marco-en-bge-gemma layout) prepared with Arrow, not Python dicts.
+
+PyLate's ``KDProcessing`` builds ``{id: row}`` dicts of every query and document (about 9.6M entries on
+the published set). Here ids are resolved to row positions once, with ``pyarrow.compute.index_in`` (a
+C++ hash join), and texts are fetched per batch with ``take`` on the memory-mapped Arrow tables that
+``datasets`` keeps on disk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+class KDDataError(ValueError):
+    """A malformed KD dataset; the message names the config, column or row."""
+
+
+@dataclass
+class KDTables:
+    queries: pa.Table  # query_id, text
+    documents: pa.Table  # document_id, text
+    train: pa.Table  # query_id, document_ids, scores, query_pos, document_pos
+
+
+def _load_config(root: Path, config: str, columns: list[str]):
+    from datasets import load_dataset
+
+    try:
+        dataset = load_dataset(str(root), config, split="train")
+    except ValueError as error:
+        raise KDDataError(f"{root}: config {config!r} not found ({error})") from None
+    missing = set(columns) - set(dataset.column_names)
+    if missing:
+        raise KDDataError(f"{root}: config {config!r} lacks column(s) {sorted(missing)}")
+    return dataset
+
+
+def _positions(ids: pa.ChunkedArray | pa.Array, universe: pa.ChunkedArray, what: str, root: Path) -> pa.Array:
+    positions = pc.index_in(ids, value_set=universe.combine_chunks())
+    if positions.null_count:
+        first = pc.filter(ids, pc.is_null(positions))[0]
+        raise KDDataError(f"{root}: {what} {first} is referenced by the scores but missing from its table")
+    return positions
+
+
+def load_kd_tables(root: Path, scores_config: str) -> KDTables:
+    """Load the three configs and attach row positions of every referenced query and document."""
+    queries = _load_config(root, "queries", ["query_id", "text"])
+    documents = _load_config(root, "documents", ["document_id", "text"])
+    train = _load_config(root, scores_config, ["query_id", "document_ids", "scores"])
+    q, d, t = queries.data.table, documents.data.table, train.data.table
+    lengths_ids = pc.list_value_length(t.column("document_ids"))
+    lengths_scores = pc.list_value_length(t.column("scores"))
+    if not pc.all(pc.equal(lengths_ids, lengths_scores)).as_py():
+        row = pc.index(pc.equal(lengths_ids, lengths_scores), False).as_py()
+        raise KDDataError(f"{root}: {scores_config} row {row}: document_ids and scores differ in length")
+    query_pos = _positions(t.column("query_id"), q.column("query_id"), "query_id", root)
+    flat_ids = pc.list_flatten(t.column("document_ids"))
+    doc_pos_flat = _positions(flat_ids, d.column("document_id"), "document_id", root)
+    offsets = np.concatenate([[0], np.cumsum(lengths_ids.to_numpy(zero_copy_only=False))]).astype(np.int32)
+    document_pos = pa.ListArray.from_arrays(pa.array(offsets), doc_pos_flat.combine_chunks()
+                                            if isinstance(doc_pos_flat, pa.ChunkedArray) else doc_pos_flat)
+    train_table = t.append_column("query_pos", query_pos).append_column("document_pos", document_pos)
+    return KDTables(queries=q, documents=d, train=train_table)
+
+
+def texts_at(table: pa.Table, positions: list[int]) -> list[str]:
+    return table.column("text").take(pa.array(positions, type=pa.int64())).to_pylist()
+
+
+class KDTransform:
+    """``datasets`` transform: rows of positions -> {query, documents, scores} as PyLate's Distillation wants."""
+
+    def __init__(self, tables: KDTables, n_ways: int):
+        self.tables, self.n_ways = tables, n_ways
+
+    def __call__(self, batch: dict) -> dict:
+        doc_pos = [row[: self.n_ways] for row in batch["document_pos"]]
+        flat = texts_at(self.tables.documents, [p for row in doc_pos for p in row])
+        documents, start = [], 0
+        for row in doc_pos:
+            documents.append(flat[start : start + len(row)])
+            start += len(row)
+        return {
+            "query": texts_at(self.tables.queries, batch["query_pos"]),
+            "documents": documents,
+            "scores": [row[: self.n_ways] for row in batch["scores"]],
+        }
+
+
+def kd_training_dataset(tables: KDTables, n_ways: int, max_samples: int | None = None):
+    """A ``datasets.Dataset`` of position rows with a lazy text-fetching transform."""
+    from datasets import Dataset
+
+    train = tables.train.select(["query_pos", "document_pos", "scores"])
+    too_short = pc.less(pc.list_value_length(train.column("document_pos")), n_ways)
+    if pc.any(too_short).as_py():
+        row = pc.index(too_short, True).as_py()
+        raise KDDataError(f"row {row} has fewer than n_ways={n_ways} scored documents; lower n_ways in params.yaml")
+    if max_samples is not None:
+        train = train.slice(0, max_samples)
+    dataset = Dataset(train)
+    dataset.set_transform(KDTransform(tables, n_ways))
+    return dataset
+
+
+def splade_triplets(tables: KDTables, n_negatives: int, seed: int, max_samples: int | None = None):
+    """(query, positive, negative_1..n) texts: the highest teacher score is the positive, negatives are
+    sampled uniformly from the other scored documents with a seeded generator."""
+    from datasets import Dataset
+
+    train = tables.train if max_samples is None else tables.train.slice(0, max_samples)
+    rng = np.random.default_rng(seed)
+    positives, negatives = [], [[] for _ in range(n_negatives)]
+    for doc_pos, scores in zip(train.column("document_pos").to_pylist(), train.column("scores").to_pylist(),
+                               strict=True):
+        best = int(np.argmax(scores))
+        rest = [p for i, p in enumerate(doc_pos) if i != best]
+        if len(rest) < n_negatives:
+            raise KDDataError(f"a query has {len(rest)} non-positive documents, fewer than n_negatives={n_negatives}")
+        positives.append(doc_pos[best])
+        for slot, choice in zip(negatives, rng.choice(len(rest), size=n_negatives, replace=False), strict=True):
+            slot.append(rest[int(choice)])
+    columns = {"query": texts_at(tables.queries, train.column("query_pos").to_pylist()),
+               "positive": texts_at(tables.documents, positives)}
+    for i, slot in enumerate(negatives, start=1):
+        columns[f"negative_{i}"] = texts_at(tables.documents, slot)
+    return Dataset.from_dict(columns)

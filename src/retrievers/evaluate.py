@@ -1,0 +1,103 @@
+"""evaluate@<model>: NanoBEIR evaluation from the local pinned copies -> a flat metrics dict.
+
+ColBERT models use PyLate's ``NanoBEIREvaluator`` (metric keys ``NanoBEIR_mean_MaxSim_ndcg@10`` ...), SPLADE
+models sentence-transformers' ``SparseNanoBEIREvaluator`` (``NanoBEIR_mean_dot_ndcg@10`` ..., plus sparsity).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from unittest import mock
+
+from retrievers import paths
+from retrievers.config import ModelConfig, Params, PyLateNanoBEIR, SparseNanoBEIR
+
+
+@contextmanager
+def _pylate_sets_from(root: Path):
+    """Point PyLate's evaluator at local copies of the zeta-alpha-ai Nano* repositories.
+
+    PyLate 1.6 reads the repository ids from a module-level mapping and has no ``dataset_id`` argument;
+    the mapping is patched for the duration of the evaluation only."""
+    from pylate.evaluation import nano_beir_evaluator as module
+
+    local = {}
+    for name, repo_id in module.MAPPING_DATASET_NAME_TO_ID.items():
+        folder = root / repo_id.split("/")[-1]
+        if folder.exists():
+            local[name] = str(folder)
+    with mock.patch.dict(module.MAPPING_DATASET_NAME_TO_ID, local):
+        yield
+
+
+def _check_sets(names: list[str], available: set[str], root: Path) -> None:
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise FileNotFoundError(f"{root}: no local copy of NanoBEIR set(s) {missing}; add them to the source's "
+                                "members in params.yaml or drop them from evaluation.datasets")
+
+
+def evaluate_with(model, evaluation: PyLateNanoBEIR | SparseNanoBEIR) -> dict[str, float]:
+    """Run the configured evaluator on an already loaded model."""
+    root = paths.source_dir(evaluation.data)
+    if isinstance(evaluation, PyLateNanoBEIR):
+        from pylate.evaluation import NanoBEIREvaluator
+        from pylate.evaluation import nano_beir_evaluator as module
+
+        present = {n for n, r in module.MAPPING_DATASET_NAME_TO_ID.items() if (root / r.split("/")[-1]).exists()}
+        _check_sets(evaluation.datasets, present, root)
+        with _pylate_sets_from(root):
+            evaluator = NanoBEIREvaluator(dataset_names=evaluation.datasets, batch_size=evaluation.batch_size,
+                                          show_progress_bar=False)
+            results = evaluator(model)
+    else:
+        from sentence_transformers.sparse_encoder.evaluation import SparseNanoBEIREvaluator
+
+        evaluator = SparseNanoBEIREvaluator(dataset_names=evaluation.datasets, dataset_id=str(root),
+                                            batch_size=evaluation.batch_size, show_progress_bar=False)
+        results = evaluator(model)
+    return {key: float(value) for key, value in results.items()}
+
+
+def load_model(config: ModelConfig, path: Path):
+    """Load a trained model folder with the stock library loader of its kind."""
+    if config.kind == "colbert":
+        from pylate.models import ColBERT
+
+        return ColBERT(str(path))
+    from sentence_transformers import SparseEncoder
+
+    return SparseEncoder(str(path))
+
+
+def evaluate_model(params: Params, model_key: str, model_path: Path | None = None) -> dict[str, float]:
+    config = params.models[model_key]
+    model = load_model(config, model_path or paths.model_dir(model_key))
+    return evaluate_with(model, config.evaluation)
+
+
+def first_phase(params: Params, model_key: str) -> str:
+    """The phase that starts from the base model (follow `init: models/<phase>` back)."""
+    key = model_key
+    while params.phases[key].init.startswith("models/"):
+        key = params.phases[key].init.split("/", 1)[1]
+    return key
+
+
+def evaluate_untrained(params: Params, model_key: str) -> dict[str, float]:
+    """The same evaluation of the base model with the untrained retrieval head: the 'before' numbers."""
+    from retrievers.config import SpladePhase
+    from retrievers.train.common import set_seed
+
+    phase = params.phases[first_phase(params, model_key)]
+    set_seed(params.seed)
+    if isinstance(phase, SpladePhase):
+        from retrievers.train.splade import build_splade
+
+        model = build_splade(Path(phase.init), phase.splade)
+    else:
+        from retrievers.train.xtr import build_colbert
+
+        model = build_colbert(Path(phase.init), phase.colbert)
+    return evaluate_with(model, params.models[model_key].evaluation)

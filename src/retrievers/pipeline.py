@@ -1,0 +1,175 @@
+"""One function per dvc.yaml stage. Stage scripts parse the key and call these; nothing else."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+import yaml
+
+from retrievers import paths, tracking
+from retrievers.config import ConfigError, Params, SpladePhase, flatten, load_params
+from retrievers.io import write_json_atomic, write_text_atomic
+
+logger = logging.getLogger("retrievers")
+
+
+def download(params: Params, key: str) -> None:
+    from retrievers.data.download import download_source
+
+    if key not in params.sources:
+        raise ConfigError(f"unknown source {key!r}; sources in params.yaml: {', '.join(params.sources)}")
+    download_source(key, params.sources[key])
+
+
+def train(params: Params, phase_key: str) -> None:
+    from retrievers.train import run_phase
+
+    run_phase(params, phase_key)
+
+
+def _model(params: Params, model_key: str):
+    if model_key not in params.models:
+        raise ConfigError(f"unknown model {model_key!r}; models in params.yaml: {', '.join(params.models)}")
+    return params.models[model_key]
+
+
+def evaluate(params: Params, model_key: str) -> None:
+    import mlflow
+
+    from retrievers.evaluate import evaluate_model
+
+    _model(params, model_key)
+    metrics = evaluate_model(params, model_key)
+    write_json_atomic(paths.metrics_file(model_key), metrics)
+    with tracking.resume_run(params, model_key, stage="evaluate"):
+        mlflow.log_metrics({tracking.mlflow_metric_name(k): v for k, v in metrics.items()})
+        mlflow.log_artifact(str(paths.metrics_file(model_key)), artifact_path="metrics")
+
+
+def _phase_chain(params: Params, model_key: str) -> list[str]:
+    chain, key = [model_key], model_key
+    while params.phases[key].init.startswith("models/"):
+        key = params.phases[key].init.split("/", 1)[1]
+        chain.append(key)
+    return chain[::-1]
+
+
+def _source_description(params: Params, folder: str) -> str:
+    kind, _, key = folder.partition("/")
+    if kind != "data":
+        return folder
+    record_file = paths.source_dir(key) / "SOURCE.json"
+    record = json.loads(record_file.read_text()) if record_file.exists() else {}
+    if "repo_id" in record:
+        return f"{record['repo_id']}@{record.get('resolved_sha', record['revision'])}"
+    return record.get("path", folder)
+
+
+def _dvc_lock_hashes() -> dict[str, str]:
+    lock = Path("dvc.lock")
+    if not lock.exists():
+        return {}
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    return {out["path"]: out.get("md5", "") for name, stage in stages.items() if name.startswith("download@")
+            for out in stage.get("outs", [])}
+
+
+def card(params: Params, model_key: str) -> None:
+    """Render the card from files alone (no model load, no MLflow: release logs the card to the run)."""
+    from retrievers.cards import describe_architecture, render_card
+
+    model = _model(params, model_key)
+    metrics = json.loads(paths.metrics_file(model_key).read_text())
+    chain = _phase_chain(params, model_key)
+    phases = [params.phases[k] for k in chain]
+    run = json.loads(paths.run_record(model_key).read_text())
+    hashes = _dvc_lock_hashes()
+    inputs = {}
+    for phase in phases:
+        for folder in (phase.init, phase.data):
+            if folder.startswith("data/"):
+                inputs[folder] = _source_description(params, folder) + (
+                    f" (dvc md5 {hashes[folder]})" if folder in hashes else "")
+    final = phases[-1]
+    context = {
+        "repo_id": model.hub_repo_id,
+        "profile": params.profile,
+        "base_model_id": _source_description(params, phases[0].init),
+        "training_data": sorted({_source_description(params, p.data) for p in phases}),
+        "architecture": describe_architecture(paths.model_dir(model_key), model.kind),
+        "embedding_size": (_vocab_size(paths.model_dir(model_key)) if isinstance(final, SpladePhase)
+                           else final.colbert.embedding_size),
+        "evaluator_name": type_name(model.evaluation.evaluator),
+        "phases": [{"key": k, "recipe": p.recipe, "init": p.init, "data": p.data,
+                    "hyperparameters": flatten(p.args) | {k2: v for k2, v in flatten(p).items() if not k2.startswith("args.")
+                                                  and k2 not in ("recipe", "model", "init", "data")}}
+                   for k, p in zip(chain, phases, strict=True)],
+        "versions": {"python": sys.version.split()[0]} | {
+            name: metadata.version(name) for name in ("torch", "transformers", "sentence-transformers", "pylate",
+                                                      "datasets", "tokenizers", "huggingface-hub")},
+        "provenance": {"git_commit": tracking.base_tags(params, "card")["git_commit"],
+                       "mlflow_run_id": run["run_id"], "inputs": inputs},
+    }
+    source_key = phases[0].init.split("/", 1)[1]
+    base = params.sources[source_key].hub
+    text = render_card(model_key, model, context, metrics, base.repo_id if base else None,
+                       sorted({params.sources[p.data.split("/", 1)[1]].hub.repo_id for p in phases
+                               if params.sources[p.data.split("/", 1)[1]].hub}),
+                       _dataset_size(params, final))
+    write_text_atomic(paths.card_file(model_key), text)
+
+
+def _vocab_size(model_dir: Path) -> int:
+    return json.loads((model_dir / "config.json").read_text())["vocab_size"]
+
+
+def _dataset_size(params: Params, phase) -> int | None:
+    if isinstance(phase, SpladePhase):
+        return phase.max_train_samples
+    return phase.args.max_steps * phase.args.per_device_train_batch_size if phase.args.max_steps > 0 else None
+
+
+def type_name(evaluator: str) -> str:
+    return {"pylate-nanobeir": "pylate.evaluation.NanoBEIREvaluator",
+            "sparse-nanobeir": "sentence_transformers.sparse_encoder.evaluation.SparseNanoBEIREvaluator"}[evaluator]
+
+
+def release(params: Params, model_key: str) -> None:
+    from retrievers.release import release_model
+
+    _model(params, model_key)
+    release_model(params, model_key)
+
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
+
+
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def stage_main(run: Callable[[Params, str], None], argv: list[str] | None = None) -> None:
+    """Entry point of a stage script: ``python stages/<stage>.py <key>``. Errors a user can cause end the
+    process with one line on stderr and exit status 1. Only download stages may use the network; the
+    others run with the Hub libraries' offline switches on (set before they are imported)."""
+    if run is not download:
+        os.environ.update(OFFLINE_ENV)
+    from retrievers.data.download import DownloadError
+    from retrievers.data.kd import KDDataError
+    from retrievers.release import ReleaseError
+
+    argv = sys.argv[1:] if argv is None else argv
+    name = Path(sys.argv[0]).stem
+    if len(argv) != 1:
+        sys.exit(f"usage: python stages/{name}.py <key>")
+    logging.basicConfig(level=os.environ.get("RETRIEVERS_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        run(load_params(), argv[0])
+    except (*USER_ERRORS, DownloadError, KDDataError, ReleaseError) as error:
+        sys.exit(f"{name}@{argv[0]}: error: {error}")

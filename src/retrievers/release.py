@@ -1,0 +1,144 @@
+"""release@<model>: bundle exactly what was evaluated, verify it from its own folder, register it in MLflow.
+
+The bundle (``releases/<model>/``) is the trained model folder (safetensors weights, configs, tokenizer)
+plus the card (README.md) and metrics.json. Verification reloads the bundle with the stock loader and
+checks that its encodings of the probe texts equal those of the trained model. The MLflow Model Registry
+entry is a pyfunc model whose artifact is the bundle, so ``mlflow.pyfunc.load_model`` can encode with it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from retrievers import paths, tracking
+from retrievers.config import ModelConfig, Params
+from retrievers.io import atomic_dir, write_json_atomic
+
+logger = logging.getLogger(__name__)
+ALIAS = "candidate"
+
+
+class ReleaseError(RuntimeError):
+    """A release refused, with one line saying why and what to do."""
+
+
+def check_gate(model_key: str, config: ModelConfig, metrics_path: Path) -> float:
+    if not metrics_path.exists():
+        raise ReleaseError(f"{metrics_path} is missing; run `dvc repro evaluate@{model_key}` before releasing")
+    metrics = json.loads(metrics_path.read_text())
+    if config.release.gate_metric not in metrics:
+        raise ReleaseError(f"{metrics_path} has no {config.release.gate_metric!r}; check "
+                           f"models.{model_key}.release.gate_metric in params.yaml")
+    value = float(metrics[config.release.gate_metric])
+    if value < config.release.gate_min:
+        raise ReleaseError(f"{config.release.gate_metric} = {value:.4f} is below the release gate "
+                           f"{config.release.gate_min} (models.{model_key}.release.gate_min)")
+    return value
+
+
+def encode_probe(model, kind: str, texts: list[str]) -> list[np.ndarray]:
+    """Deterministic encodings used to compare two copies of a model."""
+    if kind == "colbert":
+        outputs = model.encode(texts, is_query=True, show_progress_bar=False)
+        outputs += model.encode(texts, is_query=False, show_progress_bar=False)
+        return [np.asarray(o, dtype=np.float32) for o in outputs]
+    dense = model.encode(texts, convert_to_sparse_tensor=False, show_progress_bar=False)
+    return [np.asarray(row.cpu() if hasattr(row, "cpu") else row, dtype=np.float32) for row in dense]
+
+
+def verify_bundle(config: ModelConfig, trained: Path, bundle: Path) -> float:
+    """Max absolute difference between the bundle's and the trained model's probe encodings (must be ~0)."""
+    from retrievers.evaluate import load_model
+
+    probe = config.release.probe_texts
+    expected = encode_probe(load_model(config, trained), config.kind, probe)
+    got = encode_probe(load_model(config, bundle), config.kind, probe)
+    worst = max(float(np.max(np.abs(a - b))) if a.shape == b.shape else float("inf")
+                for a, b in zip(expected, got, strict=True))
+    if worst > 1e-5:
+        raise ReleaseError(f"bundle {bundle} does not reproduce the trained model (max |diff| = {worst:.3g})")
+    return worst
+
+
+def _pyfunc_class():
+    """Defined on call so that importing this module does not import mlflow."""
+    import mlflow.pyfunc
+
+    class RetrieverModel(mlflow.pyfunc.PythonModel):
+        """Encode texts with a released retriever bundle (ColBERT token vectors or SPLADE sparse weights)."""
+
+        def load_context(self, context):
+            bundle = Path(context.artifacts["bundle"])
+            release = json.loads((bundle / "release.json").read_text())
+            self.kind = release["kind"]
+            if self.kind == "colbert":
+                from pylate.models import ColBERT
+
+                self.model = ColBERT(str(bundle))
+            else:
+                from sentence_transformers import SparseEncoder
+
+                self.model = SparseEncoder(str(bundle))
+
+        def predict(self, context, model_input, params=None):
+            texts = list(model_input.iloc[:, 0]) if hasattr(model_input, "iloc") else list(model_input)
+            if self.kind == "colbert":
+                is_query = bool((params or {}).get("is_query", True))
+                return [e.tolist() for e in self.model.encode(texts, is_query=is_query, show_progress_bar=False)]
+            return [self.model.decode(e, top_k=None) for e in self.model.encode(texts, show_progress_bar=False)]
+
+    return RetrieverModel
+
+
+def assemble_bundle(model_key: str, config: ModelConfig, target: Path, gate_value: float) -> None:
+    """Copy the evaluated model, its card and metrics into ``target`` (atomically)."""
+    with atomic_dir(target) as scratch:
+        shutil.copytree(paths.model_dir(model_key), scratch, dirs_exist_ok=True)
+        shutil.copy2(paths.card_file(model_key), scratch / "README.md")
+        shutil.copy2(paths.metrics_file(model_key), scratch / "metrics.json")
+        write_json_atomic(scratch / "release.json", {"model": model_key, "kind": config.kind,
+                                                      "hub_repo_id": config.hub_repo_id,
+                                                      "gate_metric": config.release.gate_metric,
+                                                      "gate_value": gate_value})
+
+
+def register(params: Params, model_key: str, bundle: Path) -> dict:
+    """Log the bundle as a pyfunc model in the model's MLflow run and register a new version with an alias."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    config = params.models[model_key]
+    with tracking.resume_run(params, model_key, stage="release") as run:
+        mlflow.log_artifact(str(paths.card_file(model_key)), artifact_path="card")
+        info = mlflow.pyfunc.log_model(
+            name="retriever",
+            python_model=_pyfunc_class()(),
+            artifacts={"bundle": str(bundle)},
+            pip_requirements=["pylate==1.6.0", "sentence-transformers==5.3.0", "transformers==5.3.0",
+                              "torch==2.11.0"],
+            registered_model_name=config.release.registered_model_name,
+        )
+        version = info.registered_model_version
+        client = MlflowClient()
+        client.set_registered_model_alias(config.release.registered_model_name, ALIAS, version)
+        client.set_model_version_tag(config.release.registered_model_name, version, "run_id", run.info.run_id)
+        return {"registered_model": config.release.registered_model_name, "version": int(version),
+                "alias": ALIAS, "run_id": run.info.run_id, "model_uri": info.model_uri}
+
+
+def release_model(params: Params, model_key: str) -> dict:
+    config = params.models[model_key]
+    gate_value = check_gate(model_key, config, paths.metrics_file(model_key))
+    bundle = paths.release_dir(model_key)
+    assemble_bundle(model_key, config, bundle, gate_value)
+    diff = verify_bundle(config, paths.model_dir(model_key), bundle)
+    record = register(params, model_key, bundle) | {"bundle": str(bundle), "verified_max_abs_diff": diff,
+                                                    "files": sorted(p.name for p in bundle.iterdir())}
+    write_json_atomic(bundle.with_suffix(".json"), record)
+    logger.info("released %s as %s v%s", model_key, record["registered_model"], record["version"])
+    return record

@@ -1,0 +1,61 @@
+"""train@<phase>: build the phase's trainer from its recipe, train (resuming a killed run), save atomically."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from retrievers import paths, tracking
+from retrievers.config import Params, SpladePhase, XTRContrastivePhase, XTRDistillationPhase
+from retrievers.io import atomic_dir
+from retrievers.train.common import finish_checkpoints, phase_of, prepare_checkpoints, set_seed, trainer_arguments
+
+logger = logging.getLogger(__name__)
+
+
+def _build(phase, params: Params, phase_key: str):
+    from sentence_transformers import SentenceTransformerTrainingArguments
+    from sentence_transformers.sparse_encoder import SparseEncoderTrainingArguments
+
+    init, data, output = Path(phase.init), Path(phase.data), paths.checkpoint_dir(phase_key)
+    for folder in (init, data):
+        if not folder.exists():
+            raise FileNotFoundError(f"{folder} does not exist; run `dvc repro` so its stage produces it first")
+    if isinstance(phase, XTRContrastivePhase):
+        from retrievers.train.xtr import contrastive_trainer
+
+        args = trainer_arguments(SentenceTransformerTrainingArguments, phase.args, output, params.seed)
+        return contrastive_trainer(phase, init, data, args)
+    if isinstance(phase, XTRDistillationPhase):
+        from retrievers.train.xtr import distillation_trainer
+
+        args = trainer_arguments(SentenceTransformerTrainingArguments, phase.args, output, params.seed)
+        return distillation_trainer(phase, init, data, args)
+    if isinstance(phase, SpladePhase):
+        from retrievers.train.splade import splade_trainer
+
+        args = trainer_arguments(SparseEncoderTrainingArguments, phase.args, output, params.seed)
+        return splade_trainer(phase, init, data, args, params.seed)
+    raise TypeError(f"no trainer for recipe {type(phase).__name__}")
+
+
+def run_phase(params: Params, phase_key: str) -> Path:
+    """Train one phase into models/<phase_key>; an MLflow run records params, per-step loss and tags."""
+    phase = phase_of(params, phase_key)
+    set_seed(params.seed)
+    resume_from = prepare_checkpoints(params, phase_key)
+    model, trainer = _build(phase, params, phase_key)
+    with tracking.phase_run(params, phase_key, stage="train") as run:
+        import mlflow
+
+        mlflow.set_tag("resumed_from", resume_from or "")
+        trainer.train(resume_from_checkpoint=resume_from)
+        temperature = getattr(trainer.loss, "temperature", None)
+        if temperature is not None and hasattr(temperature, "item"):
+            mlflow.log_metric("final_temperature", float(temperature.item()))
+        target = paths.model_dir(phase_key)
+        with atomic_dir(target) as scratch:
+            model.save_pretrained(str(scratch))
+        logger.info("saved %s (MLflow run %s)", target, run.info.run_id)
+    finish_checkpoints(phase_key)
+    return target

@@ -1,0 +1,74 @@
+"""What every recipe shares: trainer arguments from the typed config, seeding, checkpoint resume, atomic save."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from retrievers import paths
+from retrievers.config import Params, PhaseBase, TrainerArgs
+
+logger = logging.getLogger(__name__)
+CONFIG_STAMP = "phase_config.json"
+
+
+def trainer_arguments(args_cls: type, args: TrainerArgs, output_dir: Path, seed: int, **extra):
+    """Build (Sentence|SparseEncoder)TrainingArguments from the phase's typed args."""
+    from sentence_transformers.training_args import BatchSamplers
+
+    values = args.model_dump()
+    values["batch_sampler"] = BatchSamplers(values["batch_sampler"])
+    return args_cls(
+        output_dir=str(output_dir),
+        seed=seed,
+        data_seed=seed,
+        report_to=["mlflow"],
+        save_strategy="steps",
+        logging_strategy="steps",
+        disable_tqdm=False,
+        **values,
+        **extra,
+    )
+
+
+def prepare_checkpoints(params: Params, phase_key: str) -> str | None:
+    """The checkpoint to resume from, if an earlier run of *this same* phase config was killed.
+
+    Checkpoints of a different config (params changed since) are removed rather than resumed."""
+    folder = paths.checkpoint_dir(phase_key)
+    stamp = json.dumps({"phase": params.phases[phase_key].model_dump(mode="json"), "seed": params.seed},
+                       sort_keys=True)
+    digest = hashlib.sha256(stamp.encode()).hexdigest()
+    stamp_file = folder / CONFIG_STAMP
+    if folder.exists() and (not stamp_file.exists() or json.loads(stamp_file.read_text())["sha256"] != digest):
+        logger.info("removing checkpoints of another config in %s", folder)
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp_file.write_text(json.dumps({"sha256": digest}))
+    candidates = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    complete = [c for c in candidates if (c / "trainer_state.json").exists()]
+    if complete:
+        logger.info("resuming %s from %s", phase_key, complete[-1])
+        return str(complete[-1])
+    return None
+
+
+def finish_checkpoints(phase_key: str) -> None:
+    """After the final model is saved, the checkpoints are no longer needed."""
+    shutil.rmtree(paths.checkpoint_dir(phase_key), ignore_errors=True)
+
+
+def set_seed(seed: int) -> None:
+    from transformers import set_seed as hf_set_seed
+
+    hf_set_seed(seed)
+
+
+def phase_of(params: Params, phase_key: str) -> PhaseBase:
+    try:
+        return params.phases[phase_key]
+    except KeyError:
+        raise KeyError(f"unknown phase {phase_key!r}; phases in params.yaml: {', '.join(params.phases)}") from None

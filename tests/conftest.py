@@ -1,0 +1,40 @@
+"""Shared fixtures. Everything is offline; the smoke pipeline runs once per session in a temp workspace."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+               "TOKENIZERS_PARALLELISM": "false"}
+
+
+def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True):
+    full_env = os.environ | OFFLINE_ENV | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    result = subprocess.run(cmd, cwd=cwd, env=full_env | (env or {}), capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
+                             f"{result.stderr[-4000:]}")
+    return result
+
+
+class SmokeRun:
+    def __init__(self, workspace: Path, seconds: float, output: str):
+        self.workspace, self.seconds, self.output = workspace, seconds, output
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> SmokeRun:
+    """`make smoke`'s two steps, into a fresh workspace: materialise the profile, then `dvc repro`."""
+    workspace = tmp_path_factory.mktemp("smoke") / "ws"
+    mlflow_uri = f"sqlite:///{workspace}/mlflow.db"
+    run([sys.executable, "-m", "retrievers.profile", "smoke", str(workspace)], cwd=REPO)
+    start = time.perf_counter()
+    result = run(["dvc", "repro"], cwd=workspace, env={"MLFLOW_TRACKING_URI": mlflow_uri})
+    return SmokeRun(workspace, time.perf_counter() - start, result.stdout + result.stderr)
