@@ -212,9 +212,25 @@ class Params(Strict):
         return self
 
 
-def _describe(error: ValidationError, root: str) -> str:
+def _key_path(loc: tuple, raw: Any) -> str:
+    """Pydantic's error location as the user's dotted key path: union tags are not keys of the YAML."""
+    parts, node = [], raw
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            parts.append(str(part))
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            parts.append(str(part))
+            node = node[part]
+        elif not isinstance(node, dict) or part == loc[-1]:
+            parts.append(str(part))
+            node = None
+    return ".".join(parts)
+
+
+def _describe(error: ValidationError, root: str, raw: Any) -> str:
     first = error.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("function-after", "tagged-union")))
+    loc = _key_path(first["loc"], raw)
     if first["type"] == "extra_forbidden":
         return f"{root}: {loc}: unknown key (check its spelling against params.yaml's documented keys)"
     return f"{root}: {loc}: {first['msg']}"
@@ -224,7 +240,7 @@ def parse_params(raw: dict[str, Any], origin: str = "params.yaml") -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(_describe(error, origin)) from None
+        raise ConfigError(_describe(error, origin, raw)) from None
 
 
 def load_params(path: Path | str = "params.yaml") -> Params:

@@ -281,7 +281,7 @@ def pretrain_mlm(model, tokenizer, texts: list[str], steps: int, learning_rate: 
     model.eval()
 
 
-def write_tiny_models(tokenizer_dir: Path, models_dir: Path, texts: list[str], steps: int = 400) -> None:
+def write_tiny_models(tokenizer_dir: Path, models_dir: Path, texts: list[str], steps: int = 1600) -> None:
     """Tiny base models in the Hub's model layout: built from config with a fixed seed, then MLM-pretrained."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, ModernBertConfig, ModernBertForMaskedLM
