@@ -9,7 +9,7 @@ export PATH := $(CURDIR)/.venv/bin:$(HOME)/.local/bin:$(PATH)
 # Everything after download runs offline; the smoke profile's downloads are local folders.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: setup smoke test lint fixture clean-smoke
+.PHONY: setup smoke test lint fixture hyperparameters clean-smoke
 
 setup: .venv/.synced
 
@@ -30,6 +30,10 @@ test: setup
 
 lint: setup
 	ruff check src stages tests
+
+## Published cards' hyperparameters next to what params.yaml gives the trainers.
+hyperparameters: setup
+	python -m retrievers.cards.compare --write model_cards/hyperparameters.md
 
 ## Regenerate the committed fixture (deterministic: a test checks the bytes match).
 fixture: setup

@@ -14,8 +14,9 @@ pytestmark = pytest.mark.slow
 MARGIN = 0.10  # absolute nDCG@10
 
 
-@pytest.mark.parametrize("model, key", [("modernbert-xtr", "NanoBEIR_mean_MaxSim_ndcg@10"),
-                                        ("neobert-splade", "NanoBEIR_mean_dot_ndcg@10")])
+@pytest.mark.parametrize(
+    "model, key", [("modernbert-xtr", "NanoBEIR_mean_MaxSim_ndcg@10"), ("neobert-splade", "NanoBEIR_mean_dot_ndcg@10")]
+)
 def test_training_raises_ndcg_on_held_out_queries(smoke_run, model, key):
     cwd = os.getcwd()
     os.chdir(smoke_run.workspace)

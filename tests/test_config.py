@@ -23,13 +23,27 @@ def test_published_params_load_and_hold_the_card_recipes():
     assert params.profile == "published"
     kd = params.phases["modernbert-xtr"]
     assert (kd.k_train, kd.n_ways, kd.args.per_device_train_batch_size, kd.args.learning_rate, kd.args.max_steps) == (
-        256, 16, 16, 4e-6, 20000)
+        256,
+        16,
+        16,
+        4e-6,
+        20000,
+    )
     assert kd.colbert.query_prefix == "" and kd.colbert.document_prefix == ""
     contrastive = params.phases["modernbert-xtr-contrastive"]
-    assert (contrastive.k_train, contrastive.args.per_device_train_batch_size, contrastive.temperature) == (256, 64, 0.05)
+    assert (contrastive.k_train, contrastive.args.per_device_train_batch_size, contrastive.temperature) == (
+        256,
+        64,
+        0.05,
+    )
     splade = params.phases["neobert-splade"]
-    assert (splade.args.per_device_train_batch_size, splade.args.gradient_accumulation_steps,
-            splade.args.num_train_epochs, splade.args.bf16, splade.args.batch_sampler) == (24, 5, 8, True, "no_duplicates")
+    assert (
+        splade.args.per_device_train_batch_size,
+        splade.args.gradient_accumulation_steps,
+        splade.args.num_train_epochs,
+        splade.args.bf16,
+        splade.args.batch_sampler,
+    ) == (24, 5, 8, True, "no_duplicates")
     assert splade.query_regularizer_weight == splade.document_regularizer_weight == 3e-4
     assert params.sources["ms-marco-en-bge-gemma"].hub.revision == "1a1ffe7cde403016be12ae532b249965b2293114"
 
@@ -39,19 +53,26 @@ def test_smoke_profile_swaps_only_sources_and_sizes():
     smoke = profile_params(REPO, "smoke")
     parse_params(smoke)
     assert smoke["profile"] == "smoke"
-    assert all("local" in s or all("path" in m for m in s.get("members", {}).values())
-               for s in smoke["sources"].values()), "every smoke source must be a bundled local folder"
+    assert all(
+        "local" in s or all("path" in m for m in s.get("members", {}).values()) for s in smoke["sources"].values()
+    ), "every smoke source must be a bundled local folder"
     assert set(smoke["phases"]) == set(published["phases"]) and set(smoke["models"]) == set(published["models"])
     for key, phase in smoke["phases"].items():  # the same recipe and loss, fewer/smaller steps
         assert phase["recipe"] == published["phases"][key]["recipe"]
         assert phase["init"] == published["phases"][key]["init"] and phase["data"] == published["phases"][key]["data"]
 
 
-@pytest.mark.parametrize("path, expected", [
-    (["phases", "modernbert-xtr", "args", "learning_rat"], "phases.modernbert-xtr.args.learning_rat: unknown key"),
-    (["models", "neobert-splade", "evaluation", "batchsize"], "models.neobert-splade.evaluation.batchsize: unknown key"),
-    (["seeed"], "seeed: unknown key"),
-])
+@pytest.mark.parametrize(
+    "path, expected",
+    [
+        (["phases", "modernbert-xtr", "args", "learning_rat"], "phases.modernbert-xtr.args.learning_rat: unknown key"),
+        (
+            ["models", "neobert-splade", "evaluation", "batchsize"],
+            "models.neobert-splade.evaluation.batchsize: unknown key",
+        ),
+        (["seeed"], "seeed: unknown key"),
+    ],
+)
 def test_unknown_key_fails_naming_it(raw_params, path, expected):
     broken = copy.deepcopy(raw_params)
     node = broken
@@ -84,3 +105,23 @@ def test_flatten_gives_dotted_keys():
     params = load_params(REPO / "params.yaml")
     flat = flatten(params.phases["modernbert-xtr"])
     assert flat["args.learning_rate"] == 4e-6 and flat["colbert.embedding_size"] == 128
+
+
+def test_committed_hyperparameter_report_is_current():
+    """model_cards/hyperparameters.md (the published cards' hyperparameters next to ours) matches params.yaml."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "retrievers.cards.compare", "--check", "model_cards/hyperparameters.md"],
+        cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr.strip().splitlines()[-1]
+
+
+def test_card_hyperparameters_are_parsed_from_both_card_styles():
+    from retrievers.cards.compare import card_hyperparameters
+
+    xtr = card_hyperparameters((REPO.parent / "shared" / "reference-cards" / "modernbert-xtr.card.txt").read_text())
+    assert xtr["learning_rate"] == "4e-06" and xtr["max_steps"] == "20000" and len(xtr) > 100
+    splade = card_hyperparameters((REPO.parent / "shared" / "reference-cards" / "neobert-splade.card.md").read_text())
+    assert splade["per_device_train_batch_size"] == "24" and splade["batch_sampler"] == "no_duplicates"

@@ -27,10 +27,15 @@ def test_fixture_regenerates_byte_for_byte(tmp_path):
     assert not different, f"regenerated fixture differs: {different}"
 
 
-@pytest.mark.parametrize("config, columns", [("queries", {"query_id", "text"}),
-                                             ("documents", {"document_id", "text"}),
-                                             ("train", {"query_id", "document_ids", "scores"}),
-                                             ("train_unormalized", {"query_id", "document_ids", "scores"})])
+@pytest.mark.parametrize(
+    "config, columns",
+    [
+        ("queries", {"query_id", "text"}),
+        ("documents", {"document_id", "text"}),
+        ("train", {"query_id", "document_ids", "scores"}),
+        ("train_unormalized", {"query_id", "document_ids", "scores"}),
+    ],
+)
 def test_kd_fixture_has_the_hub_layout(config, columns):
     dataset = datasets.load_dataset(str(KD), config, split="train")
     assert set(dataset.column_names) == columns and len(dataset) > 100
@@ -69,9 +74,13 @@ def test_arrow_kd_lookup_equals_pylate_kdprocessing():
     tables = load_kd_tables(KD, "train")
     ours = kd_training_dataset(tables, n_ways=8)
     stock = datasets.load_dataset(str(KD), "train", split="train")
-    stock.set_transform(KDProcessing(
-        queries=datasets.load_dataset(str(KD), "queries", split="train"),
-        documents=datasets.load_dataset(str(KD), "documents", split="train"), n_ways=8).transform)
+    stock.set_transform(
+        KDProcessing(
+            queries=datasets.load_dataset(str(KD), "queries", split="train"),
+            documents=datasets.load_dataset(str(KD), "documents", split="train"),
+            n_ways=8,
+        ).transform
+    )
     for i in (0, 1, 17, len(stock) - 1):
         assert ours[i]["query"] == stock[i]["query"]
         assert ours[i]["documents"] == stock[i]["documents"]
@@ -82,8 +91,13 @@ def test_splade_triplets_take_the_teachers_best_as_positive():
     tables = load_kd_tables(KD, "train_unormalized")
     triplets = splade_triplets(tables, n_negatives=2, seed=0, max_samples=50)
     texts = tables.documents.column("text").to_pylist()
-    for row, (positions, scores) in enumerate(zip(tables.train.column("document_pos").to_pylist()[:50],
-                                                  tables.train.column("scores").to_pylist()[:50], strict=True)):
+    for row, (positions, scores) in enumerate(
+        zip(
+            tables.train.column("document_pos").to_pylist()[:50],
+            tables.train.column("scores").to_pylist()[:50],
+            strict=True,
+        )
+    ):
         best = positions[max(range(len(scores)), key=scores.__getitem__)]
         assert triplets[row]["positive"] == texts[best]
         assert triplets[row]["negative_1"] != triplets[row]["positive"] != triplets[row]["negative_2"]
@@ -92,9 +106,9 @@ def test_splade_triplets_take_the_teachers_best_as_positive():
 
 
 def test_dangling_document_id_is_named(tmp_path):
-    import pyarrow.parquet as pq
-
     import shutil
+
+    import pyarrow.parquet as pq
 
     broken = tmp_path / "kd"
     shutil.copytree(KD, broken)

@@ -42,8 +42,13 @@ def test_hub_download_offline_fails_within_seconds_naming_the_repo(tmp_path):
         " revision='1a1ffe7cde403016be12ae532b249965b2293114')))\n"
     )
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                            env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=os.environ | {"HF_HUB_OFFLINE": "1"},
+    )
     elapsed = time.perf_counter() - start
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
@@ -53,11 +58,18 @@ def test_hub_download_offline_fails_within_seconds_naming_the_repo(tmp_path):
 
 
 def test_stage_script_reports_one_line(tmp_path):
-    result = subprocess.run([sys.executable, str(REPO / "stages" / "download.py"), "no-such-source"], cwd=REPO,
-                            capture_output=True, text=True, env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    result = subprocess.run(
+        [sys.executable, str(REPO / "stages" / "download.py"), "no-such-source"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=os.environ | {"HF_HUB_OFFLINE": "1"},
+    )
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [
-        result.stderr.strip().splitlines()[-1]] and "unknown source 'no-such-source'" in result.stderr
+    assert (
+        result.stderr.strip().splitlines() == [result.stderr.strip().splitlines()[-1]]
+        and "unknown source 'no-such-source'" in result.stderr
+    )
 
 
 def test_unpinned_revision_is_visible():

@@ -57,9 +57,21 @@ def test_mlflow_holds_params_losses_metrics_artifacts_tags_and_registry(smoke_ru
         assert tags["git_commit"] and tags["dvc_experiment"] and tags["stage"] == "release"
         assert tags["stage.evaluate"] == "done" and tags["profile"] == "smoke"
         artifacts = {a.path for a in client.list_artifacts(final.info.run_id)}
-        assert {"card", "metrics", "retriever"} <= artifacts
+        assert {"card", "metrics"} <= artifacts
         version = client.get_model_version_by_alias(model, "candidate")
         assert version.run_id == final.info.run_id
+
+
+def test_registered_models_load_and_encode_through_mlflow(smoke_run):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{smoke_run.workspace}/mlflow.db")
+    colbert = mlflow.pyfunc.load_model("models:/modernbert-xtr@candidate")
+    tokens = colbert.predict(["what is a query"])
+    assert len(tokens) == 1 and len(tokens[0]) == 32 and len(tokens[0][0]) == 128
+    splade = mlflow.pyfunc.load_model("models:/neobert-splade@candidate")
+    weights = splade.predict(["what is a query"])[0]
+    assert weights and all(w > 0 for _, w in weights)
 
 
 def test_release_bundle_is_verified_and_complete(smoke_run):
@@ -67,13 +79,17 @@ def test_release_bundle_is_verified_and_complete(smoke_run):
         record = json.loads((smoke_run.workspace / "releases" / f"{model}.json").read_text())
         assert record["verified_max_abs_diff"] <= 1e-5
         assert {"model.safetensors", "README.md", "metrics.json", "tokenizer.json", "modules.json"} <= set(
-            record["files"])
+            record["files"]
+        )
 
 
 def test_second_repro_is_a_no_op_and_the_checkout_is_untouched(smoke_run):
     before = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout
-    result = run(["dvc", "repro"], cwd=smoke_run.workspace,
-                 env={"MLFLOW_TRACKING_URI": f"sqlite:///{smoke_run.workspace}/mlflow.db"})
+    result = run(
+        ["dvc", "repro"],
+        cwd=smoke_run.workspace,
+        env={"MLFLOW_TRACKING_URI": f"sqlite:///{smoke_run.workspace}/mlflow.db"},
+    )
     assert "Running stage" not in result.stdout, result.stdout[-2000:]
     assert "Data and pipelines are up to date" in result.stdout + result.stderr
     after = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout

@@ -114,7 +114,10 @@ class ModelConfig(Strict):
 
 # ------------------------------------------------------------------------------------------------ phases
 class TrainerArgs(Strict):
-    """The subset of (Sentence)TrainingArguments the recipes set; everything else keeps its default."""
+    """The subset of (Sentence)TrainingArguments the recipes set; everything else keeps its default.
+
+    ``optim``, ``ddp_find_unused_parameters`` and ``average_tokens_across_devices`` are pinned to the values
+    in the published cards: transformers 5 changed their defaults (see ``python -m retrievers.cards.compare``)."""
 
     per_device_train_batch_size: int
     gradient_accumulation_steps: int = 1
@@ -133,6 +136,9 @@ class TrainerArgs(Strict):
     dataloader_drop_last: bool = True
     dataloader_num_workers: int = 0
     batch_sampler: Literal["batch_sampler", "no_duplicates"] = "batch_sampler"
+    optim: str = "adamw_torch"
+    ddp_find_unused_parameters: bool | None = False
+    average_tokens_across_devices: bool = False
 
 
 class PhaseBase(Strict):
@@ -202,8 +208,9 @@ class Params(Strict):
                 kind, _, name = folder.partition("/")
                 known = self.sources if kind == "data" else self.phases if kind == "models" else {}
                 if name not in known:
-                    raise ValueError(f"phases.{key}.{field}: {folder!r} names no source (data/<key>) "
-                                     "or phase (models/<key>)")
+                    raise ValueError(
+                        f"phases.{key}.{field}: {folder!r} names no source (data/<key>) or phase (models/<key>)"
+                    )
         for key, model in self.models.items():
             if key not in self.phases:
                 raise ValueError(f"models.{key}: no phase of that name produces the final model")

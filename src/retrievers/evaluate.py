@@ -34,8 +34,10 @@ def _pylate_sets_from(root: Path):
 def _check_sets(names: list[str], available: set[str], root: Path) -> None:
     missing = [n for n in names if n not in available]
     if missing:
-        raise FileNotFoundError(f"{root}: no local copy of NanoBEIR set(s) {missing}; add them to the source's "
-                                "members in params.yaml or drop them from evaluation.datasets")
+        raise FileNotFoundError(
+            f"{root}: no local copy of NanoBEIR set(s) {missing}; add them to the source's "
+            "members in params.yaml or drop them from evaluation.datasets"
+        )
 
 
 def evaluate_with(model, evaluation: PyLateNanoBEIR | SparseNanoBEIR) -> dict[str, float]:
@@ -48,14 +50,19 @@ def evaluate_with(model, evaluation: PyLateNanoBEIR | SparseNanoBEIR) -> dict[st
         present = {n for n, r in module.MAPPING_DATASET_NAME_TO_ID.items() if (root / r.split("/")[-1]).exists()}
         _check_sets(evaluation.datasets, present, root)
         with _pylate_sets_from(root):
-            evaluator = NanoBEIREvaluator(dataset_names=evaluation.datasets, batch_size=evaluation.batch_size,
-                                          show_progress_bar=False)
+            evaluator = NanoBEIREvaluator(
+                dataset_names=evaluation.datasets, batch_size=evaluation.batch_size, show_progress_bar=False
+            )
             results = evaluator(model)
     else:
         from sentence_transformers.sparse_encoder.evaluation import SparseNanoBEIREvaluator
 
-        evaluator = SparseNanoBEIREvaluator(dataset_names=evaluation.datasets, dataset_id=str(root),
-                                            batch_size=evaluation.batch_size, show_progress_bar=False)
+        evaluator = SparseNanoBEIREvaluator(
+            dataset_names=evaluation.datasets,
+            dataset_id=str(root),
+            batch_size=evaluation.batch_size,
+            show_progress_bar=False,
+        )
         results = evaluator(model)
     return {key: float(value) for key, value in results.items()}
 

@@ -50,10 +50,10 @@ class LearnableTemperatureDistillation(losses.Distillation):
 
     Min-max normalisation of the student scores is turned off: it would cancel any temperature."""
 
-    def __init__(self, model, score_metric: Callable, temperature: float = 1.0, learnable: bool = True,
-                 size_average: bool = True):
-        super().__init__(model=model, score_metric=score_metric, size_average=size_average,
-                         normalize_scores=False)
+    def __init__(
+        self, model, score_metric: Callable, temperature: float = 1.0, learnable: bool = True, size_average: bool = True
+    ):
+        super().__init__(model=model, score_metric=score_metric, size_average=size_average, normalize_scores=False)
         self.log_temperature = torch.nn.Parameter(torch.tensor(math.log(temperature)), requires_grad=learnable)
         self.score_metric = _TemperatureScaled(score_metric, self)
 

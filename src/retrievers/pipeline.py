@@ -76,8 +76,12 @@ def _dvc_lock_hashes() -> dict[str, str]:
     if not lock.exists():
         return {}
     stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
-    return {out["path"]: out.get("md5", "") for name, stage in stages.items() if name.startswith("download@")
-            for out in stage.get("outs", [])}
+    return {
+        out["path"]: out.get("md5", "")
+        for name, stage in stages.items()
+        if name.startswith("download@")
+        for out in stage.get("outs", [])
+    }
 
 
 def card(params: Params, model_key: str) -> None:
@@ -95,7 +99,8 @@ def card(params: Params, model_key: str) -> None:
         for folder in (phase.init, phase.data):
             if folder.startswith("data/"):
                 inputs[folder] = _source_description(params, folder) + (
-                    f" (dvc md5 {hashes[folder]})" if folder in hashes else "")
+                    f" (dvc md5 {hashes[folder]})" if folder in hashes else ""
+                )
     final = phases[-1]
     context = {
         "repo_id": model.hub_repo_id,
@@ -103,25 +108,61 @@ def card(params: Params, model_key: str) -> None:
         "base_model_id": _source_description(params, phases[0].init),
         "training_data": sorted({_source_description(params, p.data) for p in phases}),
         "architecture": describe_architecture(paths.model_dir(model_key), model.kind),
-        "embedding_size": (_vocab_size(paths.model_dir(model_key)) if isinstance(final, SpladePhase)
-                           else final.colbert.embedding_size),
+        "embedding_size": (
+            _vocab_size(paths.model_dir(model_key)) if isinstance(final, SpladePhase) else final.colbert.embedding_size
+        ),
         "evaluator_name": type_name(model.evaluation.evaluator),
-        "phases": [{"key": k, "recipe": p.recipe, "init": p.init, "data": p.data,
-                    "hyperparameters": flatten(p.args) | {k2: v for k2, v in flatten(p).items() if not k2.startswith("args.")
-                                                  and k2 not in ("recipe", "model", "init", "data")}}
-                   for k, p in zip(chain, phases, strict=True)],
-        "versions": {"python": sys.version.split()[0]} | {
-            name: metadata.version(name) for name in ("torch", "transformers", "sentence-transformers", "pylate",
-                                                      "datasets", "tokenizers", "huggingface-hub")},
-        "provenance": {"git_commit": tracking.base_tags(params, "card")["git_commit"],
-                       "mlflow_run_id": run["run_id"], "inputs": inputs},
+        "phases": [
+            {
+                "key": k,
+                "recipe": p.recipe,
+                "init": p.init,
+                "data": p.data,
+                "hyperparameters": flatten(p.args)
+                | {
+                    k2: v
+                    for k2, v in flatten(p).items()
+                    if not k2.startswith("args.") and k2 not in ("recipe", "model", "init", "data")
+                },
+            }
+            for k, p in zip(chain, phases, strict=True)
+        ],
+        "versions": {"python": sys.version.split()[0]}
+        | {
+            name: metadata.version(name)
+            for name in (
+                "torch",
+                "transformers",
+                "sentence-transformers",
+                "pylate",
+                "datasets",
+                "tokenizers",
+                "huggingface-hub",
+            )
+        },
+        "provenance": {
+            "git_commit": tracking.base_tags(params, "card")["git_commit"],
+            "mlflow_run_id": run["run_id"],
+            "inputs": inputs,
+        },
     }
     source_key = phases[0].init.split("/", 1)[1]
     base = params.sources[source_key].hub
-    text = render_card(model_key, model, context, metrics, base.repo_id if base else None,
-                       sorted({params.sources[p.data.split("/", 1)[1]].hub.repo_id for p in phases
-                               if params.sources[p.data.split("/", 1)[1]].hub}),
-                       _dataset_size(params, final))
+    text = render_card(
+        model_key,
+        model,
+        context,
+        metrics,
+        base.repo_id if base else None,
+        sorted(
+            {
+                params.sources[p.data.split("/", 1)[1]].hub.repo_id
+                for p in phases
+                if params.sources[p.data.split("/", 1)[1]].hub
+            }
+        ),
+        _dataset_size(params, final),
+    )
     write_text_atomic(paths.card_file(model_key), text)
 
 
@@ -136,8 +177,10 @@ def _dataset_size(params: Params, phase) -> int | None:
 
 
 def type_name(evaluator: str) -> str:
-    return {"pylate-nanobeir": "pylate.evaluation.NanoBEIREvaluator",
-            "sparse-nanobeir": "sentence_transformers.sparse_encoder.evaluation.SparseNanoBEIREvaluator"}[evaluator]
+    return {
+        "pylate-nanobeir": "pylate.evaluation.NanoBEIREvaluator",
+        "sparse-nanobeir": "sentence_transformers.sparse_encoder.evaluation.SparseNanoBEIREvaluator",
+    }[evaluator]
 
 
 def release(params: Params, model_key: str) -> None:
@@ -167,8 +210,9 @@ def stage_main(run: Callable[[Params, str], None], argv: list[str] | None = None
     name = Path(sys.argv[0]).stem
     if len(argv) != 1:
         sys.exit(f"usage: python stages/{name}.py <key>")
-    logging.basicConfig(level=os.environ.get("RETRIEVERS_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("RETRIEVERS_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
     try:
         run(load_params(), argv[0])
     except (*USER_ERRORS, DownloadError, KDDataError, ReleaseError) as error:

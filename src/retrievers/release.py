@@ -32,12 +32,16 @@ def check_gate(model_key: str, config: ModelConfig, metrics_path: Path) -> float
         raise ReleaseError(f"{metrics_path} is missing; run `dvc repro evaluate@{model_key}` before releasing")
     metrics = json.loads(metrics_path.read_text())
     if config.release.gate_metric not in metrics:
-        raise ReleaseError(f"{metrics_path} has no {config.release.gate_metric!r}; check "
-                           f"models.{model_key}.release.gate_metric in params.yaml")
+        raise ReleaseError(
+            f"{metrics_path} has no {config.release.gate_metric!r}; check "
+            f"models.{model_key}.release.gate_metric in params.yaml"
+        )
     value = float(metrics[config.release.gate_metric])
     if value < config.release.gate_min:
-        raise ReleaseError(f"{config.release.gate_metric} = {value:.4f} is below the release gate "
-                           f"{config.release.gate_min} (models.{model_key}.release.gate_min)")
+        raise ReleaseError(
+            f"{config.release.gate_metric} = {value:.4f} is below the release gate "
+            f"{config.release.gate_min} (models.{model_key}.release.gate_min)"
+        )
     return value
 
 
@@ -58,8 +62,9 @@ def verify_bundle(config: ModelConfig, trained: Path, bundle: Path) -> float:
     probe = config.release.probe_texts
     expected = encode_probe(load_model(config, trained), config.kind, probe)
     got = encode_probe(load_model(config, bundle), config.kind, probe)
-    worst = max(float(np.max(np.abs(a - b))) if a.shape == b.shape else float("inf")
-                for a, b in zip(expected, got, strict=True))
+    worst = max(
+        float(np.max(np.abs(a - b))) if a.shape == b.shape else float("inf") for a, b in zip(expected, got, strict=True)
+    )
     if worst > 1e-5:
         raise ReleaseError(f"bundle {bundle} does not reproduce the trained model (max |diff| = {worst:.3g})")
     return worst
@@ -101,10 +106,16 @@ def assemble_bundle(model_key: str, config: ModelConfig, target: Path, gate_valu
         shutil.copytree(paths.model_dir(model_key), scratch, dirs_exist_ok=True)
         shutil.copy2(paths.card_file(model_key), scratch / "README.md")
         shutil.copy2(paths.metrics_file(model_key), scratch / "metrics.json")
-        write_json_atomic(scratch / "release.json", {"model": model_key, "kind": config.kind,
-                                                      "hub_repo_id": config.hub_repo_id,
-                                                      "gate_metric": config.release.gate_metric,
-                                                      "gate_value": gate_value})
+        write_json_atomic(
+            scratch / "release.json",
+            {
+                "model": model_key,
+                "kind": config.kind,
+                "hub_repo_id": config.hub_repo_id,
+                "gate_metric": config.release.gate_metric,
+                "gate_value": gate_value,
+            },
+        )
 
 
 def register(params: Params, model_key: str, bundle: Path) -> dict:
@@ -119,16 +130,20 @@ def register(params: Params, model_key: str, bundle: Path) -> dict:
             name="retriever",
             python_model=_pyfunc_class()(),
             artifacts={"bundle": str(bundle)},
-            pip_requirements=["pylate==1.6.0", "sentence-transformers==5.3.0", "transformers==5.3.0",
-                              "torch==2.11.0"],
+            pip_requirements=["pylate==1.6.0", "sentence-transformers==5.3.0", "transformers==5.3.0", "torch==2.11.0"],
             registered_model_name=config.release.registered_model_name,
         )
         version = info.registered_model_version
         client = MlflowClient()
         client.set_registered_model_alias(config.release.registered_model_name, ALIAS, version)
         client.set_model_version_tag(config.release.registered_model_name, version, "run_id", run.info.run_id)
-        return {"registered_model": config.release.registered_model_name, "version": int(version),
-                "alias": ALIAS, "run_id": run.info.run_id, "model_uri": info.model_uri}
+        return {
+            "registered_model": config.release.registered_model_name,
+            "version": int(version),
+            "alias": ALIAS,
+            "run_id": run.info.run_id,
+            "model_uri": info.model_uri,
+        }
 
 
 def release_model(params: Params, model_key: str) -> dict:
@@ -137,8 +152,11 @@ def release_model(params: Params, model_key: str) -> dict:
     bundle = paths.release_dir(model_key)
     assemble_bundle(model_key, config, bundle, gate_value)
     diff = verify_bundle(config, paths.model_dir(model_key), bundle)
-    record = register(params, model_key, bundle) | {"bundle": str(bundle), "verified_max_abs_diff": diff,
-                                                    "files": sorted(p.name for p in bundle.iterdir())}
+    record = register(params, model_key, bundle) | {
+        "bundle": str(bundle),
+        "verified_max_abs_diff": diff,
+        "files": sorted(p.name for p in bundle.iterdir()),
+    }
     write_json_atomic(bundle.with_suffix(".json"), record)
     logger.info("released %s as %s v%s", model_key, record["registered_model"], record["version"])
     return record

@@ -68,12 +68,11 @@ def phase_run(params: Params, phase_key: str, stage: str) -> Iterator[Any]:
     configure()
     model_key = params.phases[phase_key].model
     experiment_id = _ensure_experiment(experiment_name(params, model_key))
-    with mlflow.start_run(experiment_id=experiment_id, run_name=phase_key,
-                          tags=base_tags(params, stage) | {"phase": phase_key}) as run:
-        mlflow.log_params(flatten(params.phases[phase_key], "phase.") | {"seed": params.seed,
-                                                                          "model": model_key})
-        write_json_atomic(paths.run_record(phase_key), {"run_id": run.info.run_id,
-                                                        "experiment_id": experiment_id})
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=phase_key, tags=base_tags(params, stage) | {"phase": phase_key}
+    ) as run:
+        mlflow.log_params(flatten(params.phases[phase_key], "phase.") | {"seed": params.seed, "model": model_key})
+        write_json_atomic(paths.run_record(phase_key), {"run_id": run.info.run_id, "experiment_id": experiment_id})
         yield run
 
 

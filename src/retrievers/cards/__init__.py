@@ -37,16 +37,31 @@ STYLES = {
         mean_task=("nano-beir", "Nano BEIR"),
         library_name="PyLate",
         pipeline_tag="sentence-similarity",
-        tags=("ColBERT", "PyLate", "sentence-transformers", "sentence-similarity", "feature-extraction",
-              "generated_from_trainer", "loss:Distillation"),
+        tags=(
+            "ColBERT",
+            "PyLate",
+            "sentence-transformers",
+            "sentence-similarity",
+            "feature-extraction",
+            "generated_from_trainer",
+            "loss:Distillation",
+        ),
     ),
     "splade": CardStyle(
         per_set_task=("sparse-information-retrieval", "Sparse Information Retrieval"),
         mean_task=("sparse-nano-beir", "Sparse Nano BEIR"),
         library_name="sentence-transformers",
         pipeline_tag="feature-extraction",
-        tags=("sentence-transformers", "sparse-encoder", "sparse", "splade", "generated_from_trainer",
-              "loss:SpladeLoss", "loss:SparseMultipleNegativesRankingLoss", "loss:FlopsLoss"),
+        tags=(
+            "sentence-transformers",
+            "sparse-encoder",
+            "sparse",
+            "splade",
+            "generated_from_trainer",
+            "loss:SpladeLoss",
+            "loss:SparseMultipleNegativesRankingLoss",
+            "loss:FlopsLoss",
+        ),
     ),
 }
 
@@ -78,24 +93,41 @@ def eval_results(kind: str, metrics: dict[str, float]):
         task_type, task_name = style.mean_task if dataset == MEAN else style.per_set_task
         name = "NanoBEIR mean" if dataset == MEAN else dataset
         for metric, value in values.items():
-            results.append(EvalResult(task_type=task_type, task_name=task_name, dataset_type=dataset,
-                                      dataset_name=name, metric_type=metric, metric_value=value,
-                                      metric_name=metric_display_name(metric)))
+            results.append(
+                EvalResult(
+                    task_type=task_type,
+                    task_name=task_name,
+                    dataset_type=dataset,
+                    dataset_name=name,
+                    metric_type=metric,
+                    metric_value=value,
+                    metric_name=metric_display_name(metric),
+                )
+            )
     return results
 
 
-def front_matter(model: ModelConfig, metrics: dict[str, float], base_model: str | None,
-                 datasets: list[str], dataset_size: int | None) -> dict[str, Any]:
+def front_matter(
+    model: ModelConfig, metrics: dict[str, float], base_model: str | None, datasets: list[str], dataset_size: int | None
+) -> dict[str, Any]:
     from huggingface_hub import ModelCardData
 
     style = STYLES[model.kind]
     tags = list(style.tags) + ([f"dataset_size:{dataset_size}"] if dataset_size else [])
     per_set = split_metrics(metrics)
     metric_types = list(next(iter(per_set.values())).keys()) if per_set else []
-    data = ModelCardData(language=["en"], license="apache-2.0", library_name=style.library_name, tags=tags,
-                         base_model=base_model, datasets=datasets, pipeline_tag=style.pipeline_tag,
-                         metrics=metric_types, model_name=model.title,
-                         eval_results=eval_results(model.kind, metrics))
+    data = ModelCardData(
+        language=["en"],
+        license="apache-2.0",
+        library_name=style.library_name,
+        tags=tags,
+        base_model=base_model,
+        datasets=datasets,
+        pipeline_tag=style.pipeline_tag,
+        metrics=metric_types,
+        model_name=model.title,
+        eval_results=eval_results(model.kind, metrics),
+    )
     return yaml.safe_load(data.to_yaml())
 
 
@@ -122,11 +154,24 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def render_card(model_key: str, model: ModelConfig, context: dict[str, Any], metrics: dict[str, float],
-                base_model: str | None, datasets: list[str], dataset_size: int | None) -> str:
-    env = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined, keep_trailing_newline=True,
-                      trim_blocks=True, lstrip_blocks=True)
+def render_card(
+    model_key: str,
+    model: ModelConfig,
+    context: dict[str, Any],
+    metrics: dict[str, float],
+    base_model: str | None,
+    datasets: list[str],
+    dataset_size: int | None,
+) -> str:
+    env = Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     matter = front_matter(model, metrics, base_model, datasets, dataset_size)
     body = env.get_template(f"{model.kind}.md.j2").render(
-        key=model_key, model=model, tables=split_metrics(metrics), mean=MEAN, **context)
+        key=model_key, model=model, tables=split_metrics(metrics), mean=MEAN, **context
+    )
     return "---\n" + yaml.safe_dump(matter, sort_keys=False, allow_unicode=True) + "---\n\n" + body

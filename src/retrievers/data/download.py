@@ -25,22 +25,32 @@ def _fetch_hub(repo: HubRepo, target: Path) -> dict:
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
-    hint = ("no Hub access here: run the offline smoke profile instead (`make smoke`), or allow network "
-            "access and unset HF_HUB_OFFLINE")
+    hint = (
+        "no Hub access here: run the offline smoke profile instead (`make smoke`), or allow network "
+        "access and unset HF_HUB_OFFLINE"
+    )
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
     try:
         # Resolve a branch to its commit first, so SOURCE.json records exactly what was fetched.
         sha = HfApi().repo_info(repo.repo_id, revision=repo.revision, repo_type=repo.repo_type).sha
-        path = snapshot_download(repo.repo_id, revision=sha, repo_type=repo.repo_type,
-                                 local_dir=target, allow_patterns=repo.allow_patterns)
+        path = snapshot_download(
+            repo.repo_id, revision=sha, repo_type=repo.repo_type, local_dir=target, allow_patterns=repo.allow_patterns
+        )
     except (LocalEntryNotFoundError, OfflineModeIsEnabled, OSError) as error:
         kind = type(error).__name__
-        raise DownloadError(f"download of {repo.repo_type} {repo.repo_id}@{repo.revision} failed ({kind}); {hint}") from None
+        raise DownloadError(
+            f"download of {repo.repo_type} {repo.repo_id}@{repo.revision} failed ({kind}); {hint}"
+        ) from None
     except HFValidationError as error:
         raise DownloadError(f"download of {repo.repo_id}@{repo.revision}: {error}") from None
     shutil.rmtree(Path(path) / ".cache", ignore_errors=True)
-    return {"repo_id": repo.repo_id, "repo_type": repo.repo_type, "revision": repo.revision,
-            "resolved_sha": sha, "pinned": repo.pinned}
+    return {
+        "repo_id": repo.repo_id,
+        "repo_type": repo.repo_type,
+        "revision": repo.revision,
+        "resolved_sha": sha,
+        "pinned": repo.pinned,
+    }
 
 
 def folder_digest(folder: Path) -> str:
@@ -54,12 +64,13 @@ def folder_digest(folder: Path) -> str:
 
 def _fetch_local(folder: LocalFolder, target: Path) -> dict:
     if not folder.path.is_dir():
-        raise DownloadError(f"local source {folder.path} is not a folder; regenerate the fixture with "
-                            "`make fixture`")
+        raise DownloadError(f"local source {folder.path} is not a folder; regenerate the fixture with `make fixture`")
     actual = folder_digest(folder.path)
     if folder.sha256 is not None and actual != folder.sha256:
-        raise DownloadError(f"local source {folder.path} changed since its profile was materialised "
-                            "(sha256 mismatch); re-run `make smoke` to refresh the workspace")
+        raise DownloadError(
+            f"local source {folder.path} changed since its profile was materialised "
+            "(sha256 mismatch); re-run `make smoke` to refresh the workspace"
+        )
     shutil.copytree(folder.path, target, dirs_exist_ok=True)
     return {"path": str(folder.path), "sha256": actual}
 

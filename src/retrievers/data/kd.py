@@ -63,8 +63,9 @@ def load_kd_tables(root: Path, scores_config: str) -> KDTables:
     flat_ids = pc.list_flatten(t.column("document_ids"))
     doc_pos_flat = _positions(flat_ids, d.column("document_id"), "document_id", root)
     offsets = np.concatenate([[0], np.cumsum(lengths_ids.to_numpy(zero_copy_only=False))]).astype(np.int32)
-    document_pos = pa.ListArray.from_arrays(pa.array(offsets), doc_pos_flat.combine_chunks()
-                                            if isinstance(doc_pos_flat, pa.ChunkedArray) else doc_pos_flat)
+    document_pos = pa.ListArray.from_arrays(
+        pa.array(offsets), doc_pos_flat.combine_chunks() if isinstance(doc_pos_flat, pa.ChunkedArray) else doc_pos_flat
+    )
     train_table = t.append_column("query_pos", query_pos).append_column("document_pos", document_pos)
     return KDTables(queries=q, documents=d, train=train_table)
 
@@ -117,8 +118,9 @@ def splade_triplets(tables: KDTables, n_negatives: int, seed: int, max_samples: 
     train = tables.train if max_samples is None else tables.train.slice(0, max_samples)
     rng = np.random.default_rng(seed)
     positives, negatives = [], [[] for _ in range(n_negatives)]
-    for doc_pos, scores in zip(train.column("document_pos").to_pylist(), train.column("scores").to_pylist(),
-                               strict=True):
+    for doc_pos, scores in zip(
+        train.column("document_pos").to_pylist(), train.column("scores").to_pylist(), strict=True
+    ):
         best = int(np.argmax(scores))
         rest = [p for i, p in enumerate(doc_pos) if i != best]
         if len(rest) < n_negatives:
@@ -126,8 +128,10 @@ def splade_triplets(tables: KDTables, n_negatives: int, seed: int, max_samples: 
         positives.append(doc_pos[best])
         for slot, choice in zip(negatives, rng.choice(len(rest), size=n_negatives, replace=False), strict=True):
             slot.append(rest[int(choice)])
-    columns = {"query": texts_at(tables.queries, train.column("query_pos").to_pylist()),
-               "positive": texts_at(tables.documents, positives)}
+    columns = {
+        "query": texts_at(tables.queries, train.column("query_pos").to_pylist()),
+        "positive": texts_at(tables.documents, positives),
+    }
     for i, slot in enumerate(negatives, start=1):
         columns[f"negative_{i}"] = texts_at(tables.documents, slot)
     return Dataset.from_dict(columns)

@@ -24,7 +24,6 @@ def trainer_arguments(args_cls: type, args: TrainerArgs, output_dir: Path, seed:
     return args_cls(
         output_dir=str(output_dir),
         seed=seed,
-        data_seed=seed,
         report_to=["mlflow"],
         save_strategy="steps",
         logging_strategy="steps",
@@ -39,8 +38,7 @@ def prepare_checkpoints(params: Params, phase_key: str) -> str | None:
 
     Checkpoints of a different config (params changed since) are removed rather than resumed."""
     folder = paths.checkpoint_dir(phase_key)
-    stamp = json.dumps({"phase": params.phases[phase_key].model_dump(mode="json"), "seed": params.seed},
-                       sort_keys=True)
+    stamp = json.dumps({"phase": params.phases[phase_key].model_dump(mode="json"), "seed": params.seed}, sort_keys=True)
     digest = hashlib.sha256(stamp.encode()).hexdigest()
     stamp_file = folder / CONFIG_STAMP
     if folder.exists() and (not stamp_file.exists() or json.loads(stamp_file.read_text())["sha256"] != digest):

@@ -15,9 +15,11 @@ def build_splade(init: Path, splade: SpladeConfig):
     if (init / "modules.json").exists():
         return SparseEncoder(str(init))
     mlm = MLMTransformer(str(init), max_seq_length=splade.max_seq_length)
-    pooling = SpladePooling(pooling_strategy=splade.pooling_strategy,
-                            activation_function=splade.activation_function,
-                            word_embedding_dimension=mlm.get_sentence_embedding_dimension())
+    pooling = SpladePooling(
+        pooling_strategy=splade.pooling_strategy,
+        activation_function=splade.activation_function,
+        word_embedding_dimension=mlm.get_sentence_embedding_dimension(),
+    )
     return SparseEncoder(modules=[mlm, pooling])
 
 

@@ -46,8 +46,9 @@ def contrastive_trainer(phase: XTRContrastivePhase, init: Path, data: Path, args
         learnable=phase.learnable_temperature,
         gather_across_devices=phase.gather_across_devices,
     )
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train, loss=loss,
-                                         data_collator=utils.ColBERTCollator(model.tokenize))
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=train, loss=loss, data_collator=utils.ColBERTCollator(model.tokenize)
+    )
     return model, trainer
 
 
@@ -67,6 +68,7 @@ def distillation_trainer(phase: XTRDistillationPhase, init: Path, data: Path, ar
         temperature=phase.temperature,
         learnable=phase.learnable_temperature,
     )
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train, loss=loss,
-                                         data_collator=utils.ColBERTCollator(model.tokenize))
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=train, loss=loss, data_collator=utils.ColBERTCollator(model.tokenize)
+    )
     return model, trainer
