@@ -121,7 +121,17 @@ def test_committed_hyperparameter_report_is_current():
 def test_card_hyperparameters_are_parsed_from_both_card_styles():
     from retrievers.cards.compare import card_hyperparameters
 
-    xtr = card_hyperparameters((REPO.parent / "shared" / "reference-cards" / "modernbert-xtr.card.txt").read_text())
-    assert xtr["learning_rate"] == "4e-06" and xtr["max_steps"] == "20000" and len(xtr) > 100
-    splade = card_hyperparameters((REPO.parent / "shared" / "reference-cards" / "neobert-splade.card.md").read_text())
-    assert splade["per_device_train_batch_size"] == "24" and splade["batch_sampler"] == "no_duplicates"
+    text_style = "All Hyperparameters\n\nClick to expand\n  • learning_rate: 4e-06\n  • max_steps: 20000\n\nFramework"
+    assert card_hyperparameters(text_style) == {"learning_rate": "4e-06", "max_steps": "20000"}
+    markdown_style = "#### Non-Default Hyperparameters\n- `per_device_train_batch_size`: 24\n- `bf16`: True\n"
+    assert card_hyperparameters(markdown_style) == {"per_device_train_batch_size": "24", "bf16": "True"}
+
+
+@pytest.mark.skipif(not (REPO.parent / "shared" / "reference-cards").exists(), reason="no ../shared/reference-cards")
+def test_committed_published_hyperparameters_match_the_cards(tmp_path):
+    from retrievers.cards.compare import PUBLISHED, extract
+
+    extract(REPO.parent / "shared" / "reference-cards", tmp_path)
+    for model in PUBLISHED:
+        committed = REPO / "model_cards" / "published" / f"{model}.yaml"
+        assert committed.read_text() == (tmp_path / f"{model}.yaml").read_text()

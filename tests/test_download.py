@@ -57,6 +57,18 @@ def test_hub_download_offline_fails_within_seconds_naming_the_repo(tmp_path):
     assert not (tmp_path / "data" / "kd").exists()
 
 
+def test_hub_unreachable_fails_within_seconds_in_one_line(tmp_path):
+    """No offline flag, but nothing answers: a closed port on loopback stands in for a machine without network."""
+    result = subprocess.run([sys.executable, str(REPO / "stages" / "download.py"), "ModernBERT-base"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120,
+                            env={k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+                            | {"HF_ENDPOINT": "http://127.0.0.1:9"})
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "answerdotai/ModernBERT-base" in lines[0] and "make smoke" in lines[0], lines[-3:]
+    assert not (REPO / "data" / "ModernBERT-base").exists()
+
+
 def test_stage_script_reports_one_line(tmp_path):
     result = subprocess.run(
         [sys.executable, str(REPO / "stages" / "download.py"), "no-such-source"],

@@ -46,7 +46,7 @@ def evaluate(params: Params, model_key: str) -> None:
 
     _model(params, model_key)
     metrics = evaluate_model(params, model_key)
-    write_json_atomic(paths.metrics_file(model_key), metrics)
+    write_json_atomic(paths.metrics_file(model_key), metrics, sort_keys=False)  # the evaluator's order, as cards
     with tracking.resume_run(params, model_key, stage="evaluate"):
         mlflow.log_metrics({tracking.mlflow_metric_name(k): v for k, v in metrics.items()})
         mlflow.log_artifact(str(paths.metrics_file(model_key)), artifact_path="metrics")
@@ -84,85 +84,57 @@ def _dvc_lock_hashes() -> dict[str, str]:
     }
 
 
+CARD_VERSIONS = ("torch", "transformers", "sentence-transformers", "pylate", "datasets", "tokenizers",
+                 "huggingface-hub")
+
+
+def _hub_repo_id(params: Params, folder: str) -> str | None:
+    """The Hub repository behind ``data/<source>`` (None for local folders and ``models/`` paths)."""
+    kind, _, key = folder.partition("/")
+    hub = params.sources[key].hub if kind == "data" else None
+    return hub.repo_id if hub else None
+
+
+def _phase_card_entry(key: str, phase) -> dict:
+    recipe_values = {k: v for k, v in flatten(phase).items()
+                     if not k.startswith("args.") and k not in ("recipe", "model", "init", "data")}
+    return {"key": key, "recipe": phase.recipe, "init": phase.init, "data": phase.data,
+            "hyperparameters": flatten(phase.args) | recipe_values}
+
+
 def card(params: Params, model_key: str) -> None:
     """Render the card from files alone (no model load, no MLflow: release logs the card to the run)."""
     from retrievers.cards import describe_architecture, render_card
 
     model = _model(params, model_key)
-    metrics = json.loads(paths.metrics_file(model_key).read_text())
     chain = _phase_chain(params, model_key)
     phases = [params.phases[k] for k in chain]
-    run = json.loads(paths.run_record(model_key).read_text())
+    first, final = phases[0], phases[-1]
     hashes = _dvc_lock_hashes()
-    inputs = {}
-    for phase in phases:
-        for folder in (phase.init, phase.data):
-            if folder.startswith("data/"):
-                inputs[folder] = _source_description(params, folder) + (
-                    f" (dvc md5 {hashes[folder]})" if folder in hashes else ""
-                )
-    final = phases[-1]
+    inputs = {
+        folder: _source_description(params, folder) + (f" (dvc md5 {hashes[folder]})" if folder in hashes else "")
+        for phase in phases for folder in (phase.init, phase.data) if folder.startswith("data/")
+    }
+    model_dir = paths.model_dir(model_key)
     context = {
         "repo_id": model.hub_repo_id,
         "profile": params.profile,
-        "base_model_id": _source_description(params, phases[0].init),
+        "base_model_id": _source_description(params, first.init),
         "training_data": sorted({_source_description(params, p.data) for p in phases}),
-        "architecture": describe_architecture(paths.model_dir(model_key), model.kind),
-        "embedding_size": (
-            _vocab_size(paths.model_dir(model_key)) if isinstance(final, SpladePhase) else final.colbert.embedding_size
-        ),
+        "architecture": describe_architecture(model_dir, model.kind),
+        "embedding_size": _vocab_size(model_dir) if isinstance(final, SpladePhase) else final.colbert.embedding_size,
         "evaluator_name": type_name(model.evaluation.evaluator),
-        "phases": [
-            {
-                "key": k,
-                "recipe": p.recipe,
-                "init": p.init,
-                "data": p.data,
-                "hyperparameters": flatten(p.args)
-                | {
-                    k2: v
-                    for k2, v in flatten(p).items()
-                    if not k2.startswith("args.") and k2 not in ("recipe", "model", "init", "data")
-                },
-            }
-            for k, p in zip(chain, phases, strict=True)
-        ],
-        "versions": {"python": sys.version.split()[0]}
-        | {
-            name: metadata.version(name)
-            for name in (
-                "torch",
-                "transformers",
-                "sentence-transformers",
-                "pylate",
-                "datasets",
-                "tokenizers",
-                "huggingface-hub",
-            )
-        },
+        "phases": [_phase_card_entry(k, p) for k, p in zip(chain, phases, strict=True)],
+        "versions": {"python": sys.version.split()[0]} | {name: metadata.version(name) for name in CARD_VERSIONS},
         "provenance": {
             "git_commit": tracking.base_tags(params, "card")["git_commit"],
-            "mlflow_run_id": run["run_id"],
+            "mlflow_run_id": json.loads(paths.run_record(model_key).read_text())["run_id"],
             "inputs": inputs,
         },
     }
-    source_key = phases[0].init.split("/", 1)[1]
-    base = params.sources[source_key].hub
-    text = render_card(
-        model_key,
-        model,
-        context,
-        metrics,
-        base.repo_id if base else None,
-        sorted(
-            {
-                params.sources[p.data.split("/", 1)[1]].hub.repo_id
-                for p in phases
-                if params.sources[p.data.split("/", 1)[1]].hub
-            }
-        ),
-        _dataset_size(params, final),
-    )
+    training_repos = sorted({r for p in phases if (r := _hub_repo_id(params, p.data))})
+    text = render_card(model_key, model, context, json.loads(paths.metrics_file(model_key).read_text()),
+                       _hub_repo_id(params, first.init), training_repos, _dataset_size(params, final))
     write_text_atomic(paths.card_file(model_key), text)
 
 

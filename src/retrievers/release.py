@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from retrievers.io import atomic_dir, write_json_atomic
 
 logger = logging.getLogger(__name__)
 ALIAS = "candidate"
+RUNTIME_PACKAGES = ("torch", "transformers", "sentence-transformers", "pylate")
 
 
 class ReleaseError(RuntimeError):
@@ -130,7 +132,7 @@ def register(params: Params, model_key: str, bundle: Path) -> dict:
             name="retriever",
             python_model=_pyfunc_class()(),
             artifacts={"bundle": str(bundle)},
-            pip_requirements=["pylate==1.6.0", "sentence-transformers==5.3.0", "transformers==5.3.0", "torch==2.11.0"],
+            pip_requirements=[f"{name}=={metadata.version(name)}" for name in RUNTIME_PACKAGES],
             registered_model_name=config.release.registered_model_name,
         )
         version = info.registered_model_version

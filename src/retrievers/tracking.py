@@ -26,7 +26,6 @@ def configure() -> str:
 
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     mlflow.set_tracking_uri(uri)
-    os.environ.setdefault("MLFLOW_ARTIFACT_ROOT", str(Path("mlartifacts").resolve()))
     return uri
 
 
@@ -52,12 +51,16 @@ def base_tags(params: Params, stage: str) -> dict[str, str]:
 
 
 def _ensure_experiment(name: str) -> str:
+    """The experiment's id, creating it if needed. With the default local store its artifacts go to
+    ./mlartifacts/<name>; a tracking server manages its own artifact location."""
     import mlflow
 
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    return mlflow.create_experiment(name, artifact_location=Path("mlartifacts", name).resolve().as_uri())
+    local = mlflow.get_tracking_uri() == DEFAULT_TRACKING_URI
+    location = Path("mlartifacts", name).resolve().as_uri() if local else None
+    return mlflow.create_experiment(name, artifact_location=location)
 
 
 @contextmanager

@@ -22,8 +22,14 @@ class DownloadError(RuntimeError):
 
 
 def _fetch_hub(repo: HubRepo, target: Path) -> dict:
+    import httpx
     from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, OfflineModeIsEnabled
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+    )
 
     hint = (
         "no Hub access here: run the offline smoke profile instead (`make smoke`), or allow network "
@@ -36,10 +42,16 @@ def _fetch_hub(repo: HubRepo, target: Path) -> dict:
         path = snapshot_download(
             repo.repo_id, revision=sha, repo_type=repo.repo_type, local_dir=target, allow_patterns=repo.allow_patterns
         )
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled, OSError) as error:
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled, OSError, httpx.TransportError) as error:
         kind = type(error).__name__
         raise DownloadError(
             f"download of {repo.repo_type} {repo.repo_id}@{repo.revision} failed ({kind}); {hint}"
+        ) from None
+    except HfHubHTTPError as error:
+        status = error.response.status_code if error.response is not None else "?"
+        raise DownloadError(
+            f"download of {repo.repo_type} {repo.repo_id}@{repo.revision}: the Hub answered {status} "
+            "(check the repo id and revision in params.yaml; gated repos need HF_TOKEN)"
         ) from None
     except HFValidationError as error:
         raise DownloadError(f"download of {repo.repo_id}@{repo.revision}: {error}") from None
