@@ -26,13 +26,18 @@ def test_killed_training_resumes_from_its_checkpoint(smoke_run, tmp_path):
     command = [sys.executable, "stages/train.py", PHASE]
 
     process = subprocess.Popen(command, cwd=workspace, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first_checkpoint = workspace / "checkpoints" / PHASE / "checkpoint-20" / "trainer_state.json"
+    first_checkpoint = workspace / "checkpoints" / PHASE / "checkpoint-20" / "loss_temperature.pt"  # written last
     deadline = time.monotonic() + 300
     while not first_checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert first_checkpoint.exists(), "training never wrote its first checkpoint"
     process.send_signal(signal.SIGKILL)
     process.wait()
+    import torch
+
+    saved = sorted((workspace / "checkpoints" / PHASE).glob("checkpoint-*/loss_temperature.pt"))
+    assert saved, "the learnable temperature is saved with each checkpoint"
+    temperature_at_kill = float(torch.load(saved[-1])["log_temperature"].exp())
     assert not (workspace / "models" / PHASE).exists(), "a killed stage must not leave a model behind"
 
     result = subprocess.run(command, cwd=workspace, env=env, capture_output=True, text=True)
@@ -44,9 +49,14 @@ def test_killed_training_resumes_from_its_checkpoint(smoke_run, tmp_path):
 
     client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
     run_id = json.loads((workspace / "runs" / f"{PHASE}.json").read_text())["run_id"]
-    resumed_from = client.get_run(run_id).data.tags["resumed_from"]
+    tags = client.get_run(run_id).data.tags
+    resumed_from = tags["resumed_from"]
+    assert float(tags["resumed_temperature"]) == pytest.approx(temperature_at_kill, rel=1e-6)
     step = int(resumed_from.rsplit("-", 1)[1])
     assert step >= 20
     logged_steps = [m.step for m in client.get_metric_history(run_id, "loss")]
     assert logged_steps and min(logged_steps) > step, f"resumed at {step} but logged {logged_steps}"
     assert max(logged_steps) == 60
+    # The temperature carried on from the checkpoint (it starts at 0.5 and moves with training).
+    assert temperature_at_kill != pytest.approx(0.5, abs=1e-7)
+    assert client.get_run(run_id).data.metrics["final_temperature"] != pytest.approx(0.5, abs=1e-7)

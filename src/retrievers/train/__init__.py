@@ -8,7 +8,15 @@ from pathlib import Path
 from retrievers import paths, tracking
 from retrievers.config import Params, SpladePhase, XTRContrastivePhase, XTRDistillationPhase
 from retrievers.io import atomic_dir
-from retrievers.train.common import finish_checkpoints, phase_of, prepare_checkpoints, set_seed, trainer_arguments
+from retrievers.train.common import (
+    finish_checkpoints,
+    loss_state_callback,
+    phase_of,
+    prepare_checkpoints,
+    restore_loss_state,
+    set_seed,
+    trainer_arguments,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -45,10 +53,16 @@ def run_phase(params: Params, phase_key: str) -> Path:
     set_seed(params.seed)
     resume_from = prepare_checkpoints(params, phase_key)
     model, trainer = _build(phase, params, phase_key)
+    restored_temperature = None
+    if hasattr(trainer.loss, "log_temperature"):
+        trainer.add_callback(loss_state_callback(trainer.loss))
+        restored_temperature = restore_loss_state(trainer.loss, resume_from)
     with tracking.phase_run(params, phase_key, stage="train") as run:
         import mlflow
 
         mlflow.set_tag("resumed_from", resume_from or "")
+        if restored_temperature is not None:
+            mlflow.set_tag("resumed_temperature", repr(restored_temperature))
         trainer.train(resume_from_checkpoint=resume_from)
         temperature = getattr(trainer.loss, "temperature", None)
         if temperature is not None and hasattr(temperature, "item"):

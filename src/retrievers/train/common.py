@@ -54,6 +54,40 @@ def prepare_checkpoints(params: Params, phase_key: str) -> str | None:
     return None
 
 
+LOSS_STATE = "loss_temperature.pt"
+
+
+def loss_state_callback(loss):
+    """A TrainerCallback that stores the loss's learnable temperature in every checkpoint.
+
+    Trainer checkpoints hold the model and optimizer, not parameters of the loss; without this a resumed run
+    would restart the temperature at its initial value while its optimizer moments carry on."""
+    import torch
+    from transformers import TrainerCallback
+
+    class SaveLossTemperature(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                torch.save({"log_temperature": loss.log_temperature.detach().cpu()}, folder / LOSS_STATE)
+
+    return SaveLossTemperature()
+
+
+def restore_loss_state(loss, checkpoint: str | None) -> float | None:
+    """Load the temperature saved with ``checkpoint``; return it (None when there is nothing to restore)."""
+    import torch
+
+    if checkpoint is None or not hasattr(loss, "log_temperature"):
+        return None
+    state_file = Path(checkpoint) / LOSS_STATE
+    if not state_file.exists():
+        return None
+    with torch.no_grad():
+        loss.log_temperature.copy_(torch.load(state_file)["log_temperature"])
+    return float(loss.temperature)
+
+
 def finish_checkpoints(phase_key: str) -> None:
     """After the final model is saved, the checkpoints are no longer needed."""
     shutil.rmtree(paths.checkpoint_dir(phase_key), ignore_errors=True)
