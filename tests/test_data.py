@@ -90,7 +90,7 @@ def test_arrow_kd_lookup_equals_pylate_kdprocessing():
 def test_splade_triplets_take_the_teachers_best_as_positive():
     tables = load_kd_tables(KD, "train_unormalized")
     triplets = splade_triplets(tables, n_negatives=2, seed=0, max_samples=50)
-    texts = tables.documents.column("text").to_pylist()
+    texts = tables.documents["text"]
     for row, (positions, scores) in enumerate(
         zip(
             tables.train.column("document_pos").to_pylist()[:50],

@@ -321,36 +321,28 @@ def write_tiny_models(tokenizer_dir: Path, models_dir: Path, texts: list[str], s
     from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, ModernBertConfig, ModernBertForMaskedLM
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    ids = dict(
-        pad_token_id=tokenizer.pad_token_id, cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id
+    shared = dict(  # both tiny models: same size, same tokenizer
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        cls_token_id=tokenizer.cls_token_id,
+        sep_token_id=tokenizer.sep_token_id,
     )
     builds = {
         "tiny-modernbert": lambda: ModernBertForMaskedLM(
             ModernBertConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=64,
-                intermediate_size=128,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=512,
                 global_attn_every_n_layers=2,
                 local_attention=64,
                 bos_token_id=tokenizer.cls_token_id,
                 eos_token_id=tokenizer.sep_token_id,
-                **ids,
+                **shared,
             )
         ),
-        "tiny-bert-mlm": lambda: BertForMaskedLM(
-            BertConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=64,
-                intermediate_size=128,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=512,
-                **ids,
-            )
-        ),
+        "tiny-bert-mlm": lambda: BertForMaskedLM(BertConfig(**shared)),
     }
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -2,8 +2,9 @@
 
 PyLate's ``KDProcessing`` builds ``{id: row}`` dicts of every query and document (about 9.6M entries on
 the published set). Here ids are resolved to row positions once, with ``pyarrow.compute.index_in`` (a
-C++ hash join), and texts are fetched per batch with ``take`` on the memory-mapped Arrow tables that
-``datasets`` keeps on disk.
+C++ hash join), and texts are fetched per batch by position from the memory-mapped datasets that
+``datasets`` keeps on disk (``Dataset[positions]`` gathers chunk by chunk; ``ChunkedArray.take`` would
+first concatenate the whole multi-GB text column, which is what ran a full-size run out of memory).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ class KDDataError(ValueError):
 
 @dataclass
 class KDTables:
-    queries: pa.Table  # query_id, text
-    documents: pa.Table  # document_id, text
+    queries: object  # datasets.Dataset with a `text` column (memory-mapped)
+    documents: object  # datasets.Dataset with a `text` column (memory-mapped)
     train: pa.Table  # query_id, document_ids, scores, query_pos, document_pos
 
 
@@ -67,11 +68,13 @@ def load_kd_tables(root: Path, scores_config: str) -> KDTables:
         pa.array(offsets), doc_pos_flat.combine_chunks() if isinstance(doc_pos_flat, pa.ChunkedArray) else doc_pos_flat
     )
     train_table = t.append_column("query_pos", query_pos).append_column("document_pos", document_pos)
-    return KDTables(queries=q, documents=d, train=train_table)
+    return KDTables(queries=queries.select_columns(["text"]), documents=documents.select_columns(["text"]),
+                    train=train_table)
 
 
-def texts_at(table: pa.Table, positions: list[int]) -> list[str]:
-    return table.column("text").take(pa.array(positions, type=pa.int64())).to_pylist()
+def texts_at(texts, positions: list[int]) -> list[str]:
+    """Texts at row ``positions`` of a memory-mapped ``datasets.Dataset`` with a ``text`` column."""
+    return texts[positions]["text"] if positions else []
 
 
 class KDTransform:
@@ -105,7 +108,9 @@ def kd_training_dataset(tables: KDTables, n_ways: int, max_samples: int | None =
         raise KDDataError(f"row {row} has fewer than n_ways={n_ways} scored documents; lower n_ways in params.yaml")
     if max_samples is not None:
         train = train.slice(0, max_samples)
-    dataset = Dataset(train)
+    # An explicit fingerprint: without one, datasets hashes the table by pickling it, which reads the whole
+    # memory-mapped table into RAM (2.5 GiB at a tenth of the published size).
+    dataset = Dataset(train, fingerprint=f"kd-positions-{train.num_rows}-{n_ways}")
     dataset.set_transform(KDTransform(tables, n_ways))
     return dataset
 
