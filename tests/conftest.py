@@ -10,13 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from retrievers.pipeline import OFFLINE_ENV as STAGE_OFFLINE_ENV
+
 REPO = Path(__file__).resolve().parents[1]
-OFFLINE_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-}
+OFFLINE_ENV = STAGE_OFFLINE_ENV | {"TOKENIZERS_PARALLELISM": "false"}
 
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True):

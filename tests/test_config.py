@@ -135,3 +135,9 @@ def test_committed_published_hyperparameters_match_the_cards(tmp_path):
     for model in PUBLISHED:
         committed = REPO / "model_cards" / "published" / f"{model}.yaml"
         assert committed.read_text() == (tmp_path / f"{model}.yaml").read_text()
+
+
+def test_phase_chain_follows_init_back_to_the_base_model():
+    params = load_params(REPO / "params.yaml")
+    assert params.phase_chain("modernbert-xtr") == ["modernbert-xtr-contrastive", "modernbert-xtr"]
+    assert params.phase_chain("neobert-splade") == ["neobert-splade"]

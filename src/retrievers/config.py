@@ -218,6 +218,14 @@ class Params(Strict):
                 raise ValueError(f"models.{key}.evaluation.data: {model.evaluation.data!r} is not a key of sources")
         return self
 
+    def phase_chain(self, model_key: str) -> list[str]:
+        """The phases that produce ``model_key``, first to last (following ``init: models/<phase>``)."""
+        chain, key = [model_key], model_key
+        while self.phases[key].init.startswith("models/"):
+            key = self.phases[key].init.split("/", 1)[1]
+            chain.append(key)
+        return chain[::-1]
+
 
 def _key_path(loc: tuple, raw: Any) -> str:
     """Pydantic's error location as the user's dotted key path: union tags are not keys of the YAML."""

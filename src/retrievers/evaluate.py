@@ -14,24 +14,27 @@ from retrievers import paths
 from retrievers.config import ModelConfig, Params, PyLateNanoBEIR, SparseNanoBEIR
 
 
+def _local_pylate_sets(root: Path) -> dict[str, str]:
+    """PyLate's dataset names -> local copies of their zeta-alpha-ai Nano* repositories under ``root``."""
+    from pylate.evaluation import nano_beir_evaluator as module
+
+    folders = {name: root / repo_id.split("/")[-1] for name, repo_id in module.MAPPING_DATASET_NAME_TO_ID.items()}
+    return {name: str(folder) for name, folder in folders.items() if folder.exists()}
+
+
 @contextmanager
-def _pylate_sets_from(root: Path):
-    """Point PyLate's evaluator at local copies of the zeta-alpha-ai Nano* repositories.
+def _pylate_sets_from(local: dict[str, str]):
+    """Point PyLate's evaluator at the local copies.
 
     PyLate 1.6 reads the repository ids from a module-level mapping and has no ``dataset_id`` argument;
     the mapping is patched for the duration of the evaluation only."""
     from pylate.evaluation import nano_beir_evaluator as module
 
-    local = {}
-    for name, repo_id in module.MAPPING_DATASET_NAME_TO_ID.items():
-        folder = root / repo_id.split("/")[-1]
-        if folder.exists():
-            local[name] = str(folder)
     with mock.patch.dict(module.MAPPING_DATASET_NAME_TO_ID, local):
         yield
 
 
-def _check_sets(names: list[str], available: set[str], root: Path) -> None:
+def _check_sets(names: list[str], available: dict[str, str], root: Path) -> None:
     missing = [n for n in names if n not in available]
     if missing:
         raise FileNotFoundError(
@@ -45,11 +48,10 @@ def evaluate_with(model, evaluation: PyLateNanoBEIR | SparseNanoBEIR) -> dict[st
     root = paths.source_dir(evaluation.data)
     if isinstance(evaluation, PyLateNanoBEIR):
         from pylate.evaluation import NanoBEIREvaluator
-        from pylate.evaluation import nano_beir_evaluator as module
 
-        present = {n for n, r in module.MAPPING_DATASET_NAME_TO_ID.items() if (root / r.split("/")[-1]).exists()}
-        _check_sets(evaluation.datasets, present, root)
-        with _pylate_sets_from(root):
+        local = _local_pylate_sets(root)
+        _check_sets(evaluation.datasets, local, root)
+        with _pylate_sets_from(local):
             evaluator = NanoBEIREvaluator(
                 dataset_names=evaluation.datasets, batch_size=evaluation.batch_size, show_progress_bar=False
             )
@@ -84,20 +86,12 @@ def evaluate_model(params: Params, model_key: str, model_path: Path | None = Non
     return evaluate_with(model, config.evaluation)
 
 
-def first_phase(params: Params, model_key: str) -> str:
-    """The phase that starts from the base model (follow `init: models/<phase>` back)."""
-    key = model_key
-    while params.phases[key].init.startswith("models/"):
-        key = params.phases[key].init.split("/", 1)[1]
-    return key
-
-
 def evaluate_untrained(params: Params, model_key: str) -> dict[str, float]:
     """The same evaluation of the base model with the untrained retrieval head: the 'before' numbers."""
     from retrievers.config import SpladePhase
     from retrievers.train.common import set_seed
 
-    phase = params.phases[first_phase(params, model_key)]
+    phase = params.phases[params.phase_chain(model_key)[0]]
     set_seed(params.seed)
     if isinstance(phase, SpladePhase):
         from retrievers.train.splade import build_splade

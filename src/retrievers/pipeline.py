@@ -52,14 +52,6 @@ def evaluate(params: Params, model_key: str) -> None:
         mlflow.log_artifact(str(paths.metrics_file(model_key)), artifact_path="metrics")
 
 
-def _phase_chain(params: Params, model_key: str) -> list[str]:
-    chain, key = [model_key], model_key
-    while params.phases[key].init.startswith("models/"):
-        key = params.phases[key].init.split("/", 1)[1]
-        chain.append(key)
-    return chain[::-1]
-
-
 def _source_description(params: Params, folder: str) -> str:
     kind, _, key = folder.partition("/")
     if kind != "data":
@@ -107,7 +99,7 @@ def card(params: Params, model_key: str) -> None:
     from retrievers.cards import describe_architecture, render_card
 
     model = _model(params, model_key)
-    chain = _phase_chain(params, model_key)
+    chain = params.phase_chain(model_key)
     phases = [params.phases[k] for k in chain]
     first, final = phases[0], phases[-1]
     hashes = _dvc_lock_hashes()

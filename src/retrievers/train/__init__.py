@@ -53,8 +53,9 @@ def run_phase(params: Params, phase_key: str) -> Path:
     set_seed(params.seed)
     resume_from = prepare_checkpoints(params, phase_key)
     model, trainer = _build(phase, params, phase_key)
+    learnable_temperature = hasattr(trainer.loss, "log_temperature")
     restored_temperature = None
-    if hasattr(trainer.loss, "log_temperature"):
+    if learnable_temperature:
         trainer.add_callback(loss_state_callback(trainer.loss))
         restored_temperature = restore_loss_state(trainer.loss, resume_from)
     with tracking.phase_run(params, phase_key, stage="train") as run:
@@ -64,9 +65,8 @@ def run_phase(params: Params, phase_key: str) -> Path:
         if restored_temperature is not None:
             mlflow.set_tag("resumed_temperature", repr(restored_temperature))
         trainer.train(resume_from_checkpoint=resume_from)
-        temperature = getattr(trainer.loss, "temperature", None)
-        if temperature is not None and hasattr(temperature, "item"):
-            mlflow.log_metric("final_temperature", float(temperature.item()))
+        if learnable_temperature:
+            mlflow.log_metric("final_temperature", float(trainer.loss.temperature))
         target = paths.model_dir(phase_key)
         with atomic_dir(target) as scratch:
             model.save_pretrained(str(scratch))

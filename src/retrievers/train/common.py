@@ -75,10 +75,11 @@ def loss_state_callback(loss):
 
 
 def restore_loss_state(loss, checkpoint: str | None) -> float | None:
-    """Load the temperature saved with ``checkpoint``; return it (None when there is nothing to restore)."""
+    """Load the temperature saved with ``checkpoint`` into ``loss`` (one with a ``log_temperature``); return it
+    (None when there is nothing to restore)."""
     import torch
 
-    if checkpoint is None or not hasattr(loss, "log_temperature"):
+    if checkpoint is None:
         return None
     state_file = Path(checkpoint) / LOSS_STATE
     if not state_file.exists():
