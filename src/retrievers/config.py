@@ -107,7 +107,10 @@ class ModelConfig(Strict):
 
     kind: Literal["colbert", "splade"]
     title: str
-    hub_repo_id: str = Field(description="where the published checkpoint lives on the Hub")
+    hub_repo_id: str = Field(description="where releases of this model go on the Hub")
+    reference: HubRepo | None = Field(
+        default=None, description="the published checkpoint this recipe reproduces (python -m retrievers.published)"
+    )
     evaluation: Annotated[PyLateNanoBEIR | SparseNanoBEIR, Field(discriminator="evaluator")]
     release: ReleaseConfig
 

@@ -21,7 +21,10 @@ class DownloadError(RuntimeError):
     """One line: which repository failed and what to do."""
 
 
-def _fetch_hub(repo: HubRepo, target: Path) -> dict:
+def hub_snapshot(repo: HubRepo, local_dir: Path | None = None) -> tuple[Path, str]:
+    """Fetch ``repo`` at its revision (into ``local_dir``, or the Hub cache) -> (folder, resolved commit sha).
+
+    Failures end in one :class:`DownloadError` line naming the repository and what to do."""
     import httpx
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import (
@@ -37,10 +40,11 @@ def _fetch_hub(repo: HubRepo, target: Path) -> dict:
     )
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
     try:
-        # Resolve a branch to its commit first, so SOURCE.json records exactly what was fetched.
+        # Resolve a branch to its commit first, so what was fetched is recorded exactly.
         sha = HfApi().repo_info(repo.repo_id, revision=repo.revision, repo_type=repo.repo_type).sha
         path = snapshot_download(
-            repo.repo_id, revision=sha, repo_type=repo.repo_type, local_dir=target, allow_patterns=repo.allow_patterns
+            repo.repo_id, revision=sha, repo_type=repo.repo_type, local_dir=local_dir,
+            allow_patterns=repo.allow_patterns,
         )
     except (LocalEntryNotFoundError, OfflineModeIsEnabled, OSError, httpx.TransportError) as error:
         kind = type(error).__name__
@@ -55,7 +59,12 @@ def _fetch_hub(repo: HubRepo, target: Path) -> dict:
         ) from None
     except HFValidationError as error:
         raise DownloadError(f"download of {repo.repo_id}@{repo.revision}: {error}") from None
-    shutil.rmtree(Path(path) / ".cache", ignore_errors=True)
+    return Path(path), sha
+
+
+def _fetch_hub(repo: HubRepo, target: Path) -> dict:
+    path, sha = hub_snapshot(repo, target)
+    shutil.rmtree(path / ".cache", ignore_errors=True)
     return {
         "repo_id": repo.repo_id,
         "repo_type": repo.repo_type,
