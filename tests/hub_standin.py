@@ -1,6 +1,7 @@
 """A STAND-IN for the Hugging Face Hub's upload API, on loopback, for tests (the real Hub is outside this world).
 
-It implements only what ``HfApi.create_repo / list_repo_refs / create_commit / create_tag / delete_tag`` call,
+It implements only what ``HfApi.create_repo / list_repo_refs / create_commit / create_tag / delete_tag`` call
+(plus the anonymous agent-registry lookup huggingface_hub makes first),
 checks what the client sends (bearer token, preupload samples and sizes, the commit's ndjson), and keeps each
 repository as a real git repository under ``root/models/<org>/<name>``: the layout olah's ``mirrors-path``
 serves, so a test can download what was pushed through a real Hub-compatible server.
@@ -76,6 +77,8 @@ class HubStandIn:
             def _route(self, method: str):
                 standin.requests.append((method, self.path))
                 body = self._body() if method in ("POST", "PUT") else b""
+                if method == "GET" and self.path == "/api/agent-harnesses":  # huggingface_hub asks, anonymously
+                    return self._reply(200, {"standardEnvVars": [], "harnesses": {}})
                 if self.headers.get("Authorization") != f"Bearer {standin.token}":
                     return self._refuse(401, "missing or wrong bearer token")
                 path = self.path.split("?", 1)[0]
@@ -108,12 +111,13 @@ class HubStandIn:
                 repo_id = f"{payload['organization']}/{payload['name']}" if payload.get("organization") \
                     else payload["name"]
                 folder = standin.repo_dir(repo_id)
+                url = f"{standin.endpoint}/{repo_id}"
                 if folder.exists():
-                    return self._reply(409, {"error": "You already created this model repo", "url": ""})
+                    return self._reply(409, {"error": "You already created this model repo", "url": url})
                 folder.mkdir(parents=True)
                 standin.git(repo_id, "init", "-q", "-b", "main")
                 standin.git(repo_id, "commit", "-q", "--allow-empty", "-m", "initial commit")
-                return self._reply(200, {"url": f"{standin.endpoint}/{repo_id}"})
+                return self._reply(200, {"url": url})
 
             def _preupload(self, payload: dict):
                 files = payload.get("files", [])
@@ -138,7 +142,7 @@ class HubStandIn:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(base64.b64decode(line["value"]["content"]))
                 standin.git(repo_id, "add", "-A")
-                standin.git(repo_id, "commit", "-q", "-m", lines[0]["value"]["summary"])
+                standin.git(repo_id, "commit", "-q", "--allow-empty", "-m", lines[0]["value"]["summary"])
                 oid = standin.git(repo_id, "rev-parse", "HEAD")
                 return self._reply(200, {"commitUrl": f"{standin.endpoint}/{repo_id}/commit/{oid}", "commitOid": oid,
                                          "success": True})

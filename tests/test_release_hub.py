@@ -202,3 +202,20 @@ def test_download_index_search_end_to_end(model, workspace, hub, olah, tmp_path)
     documents = pq.read_table(corpus).num_rows
     chance = sum(len(v) for v in relevant.values()) / len(relevant) / documents
     assert share > 5 * chance  # far above a random ranking; the measured shares are in the README
+
+
+def test_download_from_the_mlflow_registry(workspace, tmp_path):
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{workspace.root}/mlflow.db"}
+    for model in MODELS:
+        folder = Path(_cli("download", f"models:/{model}@candidate", "--out", str(tmp_path / model), cwd=tmp_path,
+                           env=env).strip())
+        assert bundle_files(folder) == bundle_files(workspace.root / "releases" / model)
+
+
+def test_download_of_a_missing_revision_or_repository_is_one_line(olah, tmp_path):
+    env = {"HF_ENDPOINT": olah, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf-home")}
+    exe = str(Path(sys.executable).parent / "retrievers")
+    for spec in (f"{MODELS['neobert-splade']}@v9.9.9", "nobody/nothing"):
+        result = run([exe, "download", spec], cwd=tmp_path, env=env, check=False)
+        last = result.stderr.strip().splitlines()[-1]
+        assert result.returncode == 1 and last.startswith(f"retrievers: error: {spec}: "), result.stderr

@@ -68,14 +68,24 @@ def _from_registry(uri: str) -> Path:
 
 
 def _from_hub(repo_id: str, revision: str | None) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
+    at = f"{repo_id}@{revision}" if revision else repo_id
     try:
         return Path(snapshot_download(repo_id, revision=revision))
+    except RevisionNotFoundError:
+        raise CLIError(f"{at}: {repo_id} has no revision {revision!r} on {constants.ENDPOINT}") from None
+    except RepositoryNotFoundError:  # some servers (olah) answer this for a missing revision too
+        raise CLIError(f"{at}: not found on {constants.ENDPOINT} (check the repository, the revision, "
+                       "and HF_TOKEN if it is private)") from None
     except (HfHubHTTPError, LocalEntryNotFoundError) as error:
-        at = f"@{revision}" if revision else ""
-        raise CLIError(f"cannot download {repo_id}{at}: {str(error).splitlines()[0]}") from None
+        raise CLIError(f"cannot download {at}: {str(error).splitlines()[0]}") from None
 
 
 def model_kind(folder: Path) -> str:

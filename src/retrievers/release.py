@@ -174,17 +174,24 @@ class HubPublisher:
             )
         self.api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=self.token)
 
+    @staticmethod
+    def _transport_errors() -> tuple[type[BaseException], ...]:
+        import httpx
+        from huggingface_hub.errors import HfHubHTTPError
+
+        return HfHubHTTPError, httpx.HTTPError, OSError
+
     def _hub_error(self, action: str, error: Exception) -> ReleaseError:
         return ReleaseError(f"{action} {self.repo_id} on {self.api.endpoint} failed: {str(error).splitlines()[0]}")
 
     def tag_exists(self) -> bool:
-        from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+        from huggingface_hub.errors import RepositoryNotFoundError
 
         try:
             refs = self.api.list_repo_refs(self.repo_id)
         except RepositoryNotFoundError:
             return False
-        except HfHubHTTPError as error:
+        except self._transport_errors() as error:
             raise self._hub_error("listing the tags of", error) from None
         return any(tag.name == self.hub.tag for tag in refs.tags)
 
@@ -200,7 +207,6 @@ class HubPublisher:
 
     def push(self, bundle: Path, tag_exists: bool, message: str) -> dict:
         from huggingface_hub import CommitOperationAdd
-        from huggingface_hub.errors import HfHubHTTPError
 
         operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(bundle / name))
                       for name, _ in bundle_files(bundle)]
@@ -210,7 +216,7 @@ class HubPublisher:
             if tag_exists:
                 self.api.delete_tag(self.repo_id, tag=self.hub.tag)
             self.api.create_tag(self.repo_id, tag=self.hub.tag, revision=commit.oid, tag_message=message)
-        except HfHubHTTPError as error:
+        except self._transport_errors() as error:
             raise self._hub_error("pushing to", error) from None
         logger.info("pushed %s files to %s@%s (%s)", len(operations), self.repo_id, self.hub.tag, commit.oid)
         return {"repo_id": self.repo_id, "tag": self.hub.tag, "commit": commit.oid, "endpoint": self.api.endpoint}
