@@ -211,12 +211,13 @@ def encode_command(
         encoded = encode(kind, loaded, [r["text"] for r in records], queries, texts.name)
         for i, record in enumerate(records):
             if kind == "colbert":
-                out = {"id": record["id"], "embedding": encoded[i].round(6).tolist()}
+                out = {"id": record["id"], "embedding": encoded[i].astype(np.float64).round(6).tolist()}
             else:
                 row = encoded.getrow(i)
                 order = np.argsort(-row.data)[:top_terms]
                 tokens = loaded.tokenizer.convert_ids_to_tokens(row.indices[order].tolist())
-                out = {"id": record["id"], "terms": dict(zip(tokens, row.data[order].round(4).tolist(), strict=True))}
+                weights = row.data[order].astype(np.float64).round(4).tolist()
+                out = {"id": record["id"], "terms": dict(zip(tokens, weights, strict=True))}
             typer.echo(json.dumps(out))
 
     _run(body)
