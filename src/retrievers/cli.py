@@ -61,10 +61,14 @@ def _from_registry(uri: str) -> Path:
         model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     except MlflowException as error:
         raise CLIError(f"{uri}: {str(error).splitlines()[0]} (tracking URI {mlflow.get_tracking_uri()})") from None
-    bundle = model_dir / "artifacts" / "bundle"
-    if not bundle.is_dir():
-        raise CLIError(f"{uri} is not a retrievers release (no artifacts/bundle in the registered model)")
-    return bundle
+    import yaml
+
+    mlmodel = model_dir / "MLmodel"
+    flavor = yaml.safe_load(mlmodel.read_text()).get("flavors", {}) if mlmodel.exists() else {}
+    bundle_path = flavor.get("python_function", {}).get("artifacts", {}).get("bundle", {}).get("path")
+    if not bundle_path or not (model_dir / bundle_path).is_dir():
+        raise CLIError(f"{uri} is not a retrievers release (its MLmodel has no 'bundle' artifact)")
+    return model_dir / bundle_path
 
 
 def _from_hub(repo_id: str, revision: str | None) -> Path:

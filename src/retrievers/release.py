@@ -66,8 +66,9 @@ def verify_bundle(config: ModelConfig, trained: Path, bundle: Path) -> float:
     from retrievers.evaluate import load_model
 
     probe = config.release.probe_texts
-    expected = encode_probe(load_model(config, trained), config.kind, probe)
-    got = encode_probe(load_model(config, bundle), config.kind, probe)
+    # Absolute paths: a relative one ("models/x") reads as a Hub repo id when the Hub is online (push on).
+    expected = encode_probe(load_model(config, trained.resolve()), config.kind, probe)
+    got = encode_probe(load_model(config, bundle.resolve()), config.kind, probe)
     worst = max(
         float(np.max(np.abs(a - b))) if a.shape == b.shape else float("inf") for a, b in zip(expected, got, strict=True)
     )
