@@ -35,8 +35,8 @@ class SmokeRun:
 def smoke_run(tmp_path_factory) -> SmokeRun:
     """`make smoke`'s two steps, into a fresh workspace: materialise the profile, then `dvc repro`.
 
-    RETRIEVERS_SMOKE_WORKSPACE=<finished workspace, e.g. build/smoke> reuses one instead (its `dvc repro`
-    must then be a no-op): for iterating on tests on a busy machine, not for CI."""
+    RETRIEVERS_SMOKE_WORKSPACE=<finished workspace, e.g. build/smoke> reuses one instead (`dvc repro` still
+    runs there, normally a no-op): for iterating on tests on a busy machine, not for CI."""
     reuse = os.environ.get("RETRIEVERS_SMOKE_WORKSPACE")
     workspace = Path(reuse).resolve() if reuse else tmp_path_factory.mktemp("smoke") / "ws"
     mlflow_uri = f"sqlite:///{workspace}/mlflow.db"
