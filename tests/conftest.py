@@ -33,10 +33,15 @@ class SmokeRun:
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory) -> SmokeRun:
-    """`make smoke`'s two steps, into a fresh workspace: materialise the profile, then `dvc repro`."""
-    workspace = tmp_path_factory.mktemp("smoke") / "ws"
+    """`make smoke`'s two steps, into a fresh workspace: materialise the profile, then `dvc repro`.
+
+    RETRIEVERS_SMOKE_WORKSPACE=<finished workspace, e.g. build/smoke> reuses one instead (`dvc repro` still
+    runs there, normally a no-op): for iterating on tests on a busy machine, not for CI."""
+    reuse = os.environ.get("RETRIEVERS_SMOKE_WORKSPACE")
+    workspace = Path(reuse).resolve() if reuse else tmp_path_factory.mktemp("smoke") / "ws"
     mlflow_uri = f"sqlite:///{workspace}/mlflow.db"
-    run([sys.executable, "-m", "retrievers.profile", "smoke", str(workspace)], cwd=REPO)
+    if not reuse:
+        run([sys.executable, "-m", "retrievers.profile", "smoke", str(workspace)], cwd=REPO)
     start = time.perf_counter()
     result = run(["dvc", "repro"], cwd=workspace, env={"MLFLOW_TRACKING_URI": mlflow_uri})
     return SmokeRun(workspace, time.perf_counter() - start, result.stdout + result.stderr)

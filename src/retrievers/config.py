@@ -95,11 +95,24 @@ class SparseNanoBEIR(Strict):
     batch_size: int = 32
 
 
+class HubPushConfig(Strict):
+    """Publishing the verified bundle to ``hub_repo_id`` as one commit plus a version tag.
+
+    ``push`` needs HF_TOKEN in the environment; ``dry_run`` prints the files and sizes it would push and
+    pushes nothing (no token needed); ``force`` moves an existing ``tag`` instead of refusing."""
+
+    push: bool = False
+    tag: str = Field("v0.1.0", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    dry_run: bool = False
+    force: bool = False
+
+
 class ReleaseConfig(Strict):
     gate_metric: str
     gate_min: float = 0.0
     registered_model_name: str
     probe_texts: list[str] = Field(min_length=1)
+    hub: HubPushConfig = HubPushConfig()
 
 
 class ModelConfig(Strict):

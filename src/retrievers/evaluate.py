@@ -71,7 +71,12 @@ def evaluate_with(model, evaluation: PyLateNanoBEIR | SparseNanoBEIR) -> dict[st
 
 def load_model(config: ModelConfig, path: Path):
     """Load a trained model folder with the stock library loader of its kind."""
-    if config.kind == "colbert":
+    return load_kind(config.kind, path)
+
+
+def load_kind(kind: str, path: Path | str):
+    """``colbert`` -> PyLate ColBERT, ``splade`` -> sentence-transformers SparseEncoder, from a local folder."""
+    if kind == "colbert":
         from pylate.models import ColBERT
 
         return ColBERT(str(path))

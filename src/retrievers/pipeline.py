@@ -163,8 +163,9 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_
 def stage_main(run: Callable[[Params, str], None], argv: list[str] | None = None) -> None:
     """Entry point of a stage script: ``python stages/<stage>.py <key>``. Errors a user can cause end the
     process with one line on stderr and exit status 1. Only download stages may use the network; the
-    others run with the Hub libraries' offline switches on (set before they are imported)."""
-    if run is not download:
+    others run with the Hub libraries' offline switches on (set before they are imported), except release,
+    whose Hub push (off unless models.<model>.release.hub.push) needs huggingface_hub online."""
+    if run not in (download, release):
         os.environ.update(OFFLINE_ENV)
     from retrievers.data.download import DownloadError
     from retrievers.data.kd import KDDataError

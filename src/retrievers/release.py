@@ -4,12 +4,16 @@ The bundle (``releases/<model>/``) is the trained model folder (safetensors weig
 plus the card (README.md) and metrics.json. Verification reloads the bundle with the stock loader and
 checks that its encodings of the probe texts equal those of the trained model. The MLflow Model Registry
 entry is a pyfunc model whose artifact is the bundle, so ``mlflow.pyfunc.load_model`` can encode with it.
+When ``models.<model>.release.hub.push`` is on and HF_TOKEN is set, the bundle goes to ``hub_repo_id`` as one
+commit and a version tag; ``hub.dry_run`` prints the files and sizes instead. The token is read from the
+environment and handed to huggingface_hub only: it is never logged, printed or written.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from importlib import metadata
 from pathlib import Path
@@ -62,8 +66,9 @@ def verify_bundle(config: ModelConfig, trained: Path, bundle: Path) -> float:
     from retrievers.evaluate import load_model
 
     probe = config.release.probe_texts
-    expected = encode_probe(load_model(config, trained), config.kind, probe)
-    got = encode_probe(load_model(config, bundle), config.kind, probe)
+    # Absolute paths: a relative one ("models/x") reads as a Hub repo id when the Hub is online (push on).
+    expected = encode_probe(load_model(config, trained.resolve()), config.kind, probe)
+    got = encode_probe(load_model(config, bundle.resolve()), config.kind, probe)
     worst = max(
         float(np.max(np.abs(a - b))) if a.shape == b.shape else float("inf") for a, b in zip(expected, got, strict=True)
     )
@@ -83,14 +88,9 @@ def _pyfunc_class():
             bundle = Path(context.artifacts["bundle"])
             release = json.loads((bundle / "release.json").read_text())
             self.kind = release["kind"]
-            if self.kind == "colbert":
-                from pylate.models import ColBERT
+            from retrievers.evaluate import load_kind
 
-                self.model = ColBERT(str(bundle))
-            else:
-                from sentence_transformers import SparseEncoder
-
-                self.model = SparseEncoder(str(bundle))
+            self.model = load_kind(self.kind, bundle)
 
         def predict(self, context, model_input, params=None):
             texts = list(model_input.iloc[:, 0]) if hasattr(model_input, "iloc") else list(model_input)
@@ -148,17 +148,103 @@ def register(params: Params, model_key: str, bundle: Path) -> dict:
         }
 
 
+def bundle_files(bundle: Path) -> list[tuple[str, int]]:
+    """(path in repo, size in bytes) of every file of the bundle, sorted: exactly what a push commits."""
+    return sorted((p.relative_to(bundle).as_posix(), p.stat().st_size) for p in bundle.rglob("*") if p.is_file())
+
+
+def format_push_plan(repo_id: str, tag: str, files: list[tuple[str, int]]) -> str:
+    lines = [f"dry run: would push {len(files)} files ({sum(s for _, s in files):,} bytes) to {repo_id} "
+             f"as one commit tagged {tag}"]
+    lines += [f"{size:>14,}  {name}" for name, size in files]
+    return "\n".join(lines)
+
+
+class HubPublisher:
+    """One release's push: check the tag before anything is registered, then commit and tag."""
+
+    def __init__(self, model_key: str, config: ModelConfig):
+        from huggingface_hub import HfApi
+
+        self.key, self.repo_id, self.hub = model_key, config.hub_repo_id, config.release.hub
+        self.token = os.environ.get("HF_TOKEN") or None
+        if not self.token:
+            raise ReleaseError(
+                f"models.{model_key}.release.hub.push is on but HF_TOKEN is not set; export HF_TOKEN "
+                "(a write token) or set push: false"
+            )
+        self.api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=self.token)
+
+    @staticmethod
+    def _transport_errors() -> tuple[type[BaseException], ...]:
+        import httpx
+        from huggingface_hub.errors import HfHubHTTPError
+
+        return HfHubHTTPError, httpx.HTTPError, OSError
+
+    def _hub_error(self, action: str, error: Exception) -> ReleaseError:
+        return ReleaseError(f"{action} {self.repo_id} on {self.api.endpoint} failed: {str(error).splitlines()[0]}")
+
+    def tag_exists(self) -> bool:
+        from huggingface_hub.errors import RepositoryNotFoundError
+
+        try:
+            refs = self.api.list_repo_refs(self.repo_id)
+        except RepositoryNotFoundError:
+            return False
+        except self._transport_errors() as error:
+            raise self._hub_error("listing the tags of", error) from None
+        return any(tag.name == self.hub.tag for tag in refs.tags)
+
+    def preflight(self) -> bool:
+        """Refuse (unless forced) when the version tag exists already; True when it exists."""
+        exists = self.tag_exists()
+        if exists and not self.hub.force:
+            raise ReleaseError(
+                f"{self.repo_id} already has tag {self.hub.tag}; bump models.{self.key}.release.hub.tag "
+                "or set force: true to move it"
+            )
+        return exists
+
+    def push(self, bundle: Path, tag_exists: bool, message: str) -> dict:
+        from huggingface_hub import CommitOperationAdd
+
+        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(bundle / name))
+                      for name, _ in bundle_files(bundle)]
+        try:
+            self.api.create_repo(self.repo_id, exist_ok=True)
+            commit = self.api.create_commit(self.repo_id, operations=operations, commit_message=message)
+            if tag_exists:
+                self.api.delete_tag(self.repo_id, tag=self.hub.tag)
+            self.api.create_tag(self.repo_id, tag=self.hub.tag, revision=commit.oid, tag_message=message)
+        except self._transport_errors() as error:
+            raise self._hub_error("pushing to", error) from None
+        logger.info("pushed %s files to %s@%s (%s)", len(operations), self.repo_id, self.hub.tag, commit.oid)
+        return {"repo_id": self.repo_id, "tag": self.hub.tag, "commit": commit.oid, "endpoint": self.api.endpoint}
+
+
 def release_model(params: Params, model_key: str) -> dict:
     config = params.models[model_key]
+    hub = config.release.hub
     gate_value = check_gate(model_key, config, paths.metrics_file(model_key))
+    publisher = HubPublisher(model_key, config) if hub.push and not hub.dry_run else None
+    tag_exists = publisher.preflight() if publisher else False  # refuse before anything is written
     bundle = paths.release_dir(model_key)
     assemble_bundle(model_key, config, bundle, gate_value)
     diff = verify_bundle(config, paths.model_dir(model_key), bundle)
+    files = bundle_files(bundle)
     record = register(params, model_key, bundle) | {
         "bundle": str(bundle),
         "verified_max_abs_diff": diff,
-        "files": sorted(p.name for p in bundle.iterdir()),
+        "files": [name for name, _ in files],
+        "hub": None,
     }
+    if hub.dry_run:
+        print(format_push_plan(config.hub_repo_id, hub.tag, files), flush=True)
+        record["hub"] = {"dry_run": True, "repo_id": config.hub_repo_id, "tag": hub.tag}
+    elif publisher:
+        message = f"{config.title} {hub.tag}: {config.release.gate_metric} = {gate_value:.4f}"
+        record["hub"] = publisher.push(bundle, tag_exists, message)
     write_json_atomic(bundle.with_suffix(".json"), record)
     logger.info("released %s as %s v%s", model_key, record["registered_model"], record["version"])
     return record
