@@ -9,13 +9,14 @@ written.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from retrievers.cards import eval_result_entries, front_matter, metric_tables
+from retrievers.cards import describe_architecture, eval_result_entries, front_matter, metric_tables
 from retrievers.cards.compare import PUBLISHED
 from retrievers.cards.published import extract, flat_metrics, load, parse_tables
 from retrievers.config import load_params
@@ -82,3 +83,32 @@ def test_table_parser_reads_markdown_and_page_text():
     assert parse_tables("model-index:\nEvaluation\nMetric A B\nm@1 0.5 1.0\n\n") == [
         [["Metric", "A", "B"], ["m@1", "0.5", "1.0"]]
     ]
+
+
+def write_module(folder: Path, config: dict, sentence_bert: dict | None = None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    if sentence_bert is not None:
+        (folder / "sentence_bert_config.json").write_text(json.dumps(sentence_bert))
+
+
+@pytest.mark.parametrize("model_key", MODELS)
+def test_architecture_block_is_written_as_the_published_cards(model_key, tmp_path):
+    """A saved model folder of the published sizes (RECIPES.md) gives the published architecture block."""
+    kind = "colbert" if model_key == "modernbert-xtr" else "splade"
+    if kind == "colbert":
+        modules = [("", "sentence_transformers.models.Transformer"), ("1_Dense", "pylate.models.Dense.Dense")]
+        write_module(tmp_path, {"architectures": ["ModernBertModel"]}, {"max_seq_length": 512, "do_lower_case": False})
+        write_module(tmp_path / "1_Dense", {"in_features": 768, "out_features": 128, "bias": False,
+                                            "activation_function": "torch.nn.modules.linear.Identity",
+                                            "use_residual": False})
+    else:
+        modules = [("", "sentence_transformers.sparse_encoder.models.MLMTransformer"),
+                   ("1_SpladePooling", "sentence_transformers.sparse_encoder.models.SpladePooling")]
+        write_module(tmp_path, {"architectures": ["NeoBERTLMHead"]}, {"max_seq_length": 256, "do_lower_case": False})
+        write_module(tmp_path / "1_SpladePooling", {"pooling_strategy": "max", "activation_function": "relu",
+                                                    "word_embedding_dimension": 30522})
+    (tmp_path / "modules.json").write_text(json.dumps(
+        [{"idx": i, "name": str(i), "path": path, "type": kind_} for i, (path, kind_) in enumerate(modules)]
+    ))
+    assert describe_architecture(tmp_path, kind) == load(model_key)["architecture"]

@@ -197,7 +197,7 @@ def describe_architecture(model_dir: Path, kind: str) -> str:
             settings["architecture"] = json.loads((folder / "config.json").read_text())["architectures"][0]
         else:
             settings = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
-        lines.append(f"  ({module['idx']}): {name}({json.dumps(settings)})")
+        lines.append(f"  ({module['idx']}): {name}({settings!r})")  # the libraries' repr, as the published cards
     return "\n".join(lines + [")"])
 
 

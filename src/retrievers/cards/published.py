@@ -1,8 +1,9 @@
 """The published cards' evaluation results, extracted into ``model_cards/published/<model>.metrics.yaml``.
 
 The copies in ../shared/reference-cards lost their indentation (the front matter is no longer valid YAML) and,
-for the XTR card, their Markdown (a page's text). The extracts keep what the golden test compares: every
-``model-index`` result (task, dataset, metrics with type, value and name) and the evaluation tables as cells.
+for the XTR card, their Markdown (a page's text). The extracts keep what the golden test compares: the
+architecture block, every ``model-index`` result (task, dataset, metrics with type, value and name) and the
+evaluation tables as cells.
 ``python -m retrievers.cards.published ../shared/reference-cards`` (``make published-metrics``) regenerates them.
 """
 
@@ -79,12 +80,22 @@ def parse_tables(card_text: str) -> list[list[list[str]]]:
     return tables
 
 
+def parse_architecture(card_text: str) -> str:
+    """The 'Full Model Architecture' block ('ColBERT(' / 'SparseEncoder(' ... ')')."""
+    lines = card_text[card_text.index("Full Model Architecture") :].splitlines()
+    start = next(i for i, line in enumerate(lines) if re.match(r"^(ColBERT|SparseEncoder)\($", line.strip()))
+    end = next(i for i in range(start, len(lines)) if lines[i].strip() == ")")
+    return "\n".join(line.strip() if i in (start, end) else "  " + line.strip()
+                     for i, line in enumerate(lines[start : end + 1], start))
+
+
 def extract(cards_dir: Path, out_dir: Path = PUBLISHED_DIR) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for model, (card, _) in PUBLISHED.items():
         text = (cards_dir / card).read_text()
         name, results = parse_model_index(text)
-        data = {"card": card, "model_index_name": name, "results": results, "tables": parse_tables(text)}
+        data = {"card": card, "model_index_name": name, "architecture": parse_architecture(text), "results": results,
+                "tables": parse_tables(text)}
         (out_dir / f"{model}.metrics.yaml").write_text(
             yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=200)
         )
