@@ -65,6 +65,7 @@ def test_dvc_metrics_show_and_diff(smoke_run, tmp_path):
     repo.mkdir()
     for name in ("dvc.yaml", "params.yaml", ".dvc/config", "metrics"):
         source = ws / name
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if source.is_dir() else shutil.copy)(source, repo / name)
     run(["git", "init", "-q"], cwd=repo)
     run(["dvc", "config", "core.no_scm", "false"], cwd=repo)
