@@ -129,7 +129,7 @@ def _phase_card_entry(params: Params, key: str, phase) -> dict:
         "recipe": phase.recipe,
         "init": phase.init,
         "dataset": _source_description(params, phase.data),
-        "size": f"{size:,} training samples" if size else "the whole dataset",
+        "size": _size_text(phase, size),
         "loss_name": loss_name,
         "loss_parameters": _indented_json(loss_parameters),
         "recipe_settings": {k: v for k, v in flatten(phase).items()
@@ -137,6 +137,15 @@ def _phase_card_entry(params: Params, key: str, phase) -> dict:
         "non_default": non_default,
         "all": everything,
     }
+
+
+def _size_text(phase, size: int | None) -> str:
+    if size is None:
+        return "the whole dataset"
+    if isinstance(phase, SpladePhase):
+        return f"{size:,} training samples"
+    args = phase.args
+    return f"{size:,} training samples ({args.max_steps:,} steps x batch {args.per_device_train_batch_size})"
 
 
 def _evaluation_datasets(params: Params, model_key: str, metrics: dict) -> dict[str, tuple[str, str | None]]:
