@@ -9,7 +9,7 @@ export PATH := $(CURDIR)/.venv/bin:$(HOME)/.local/bin:$(PATH)
 # Everything after download runs offline; the smoke profile's downloads are local folders.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: setup smoke test lint fixture hyperparameters clean-smoke
+.PHONY: setup smoke test lint fixture hyperparameters published-metrics clean-smoke
 
 setup: .venv/.synced
 
@@ -35,6 +35,10 @@ lint: setup
 hyperparameters: setup
 	python -m retrievers.cards.compare $(if $(wildcard ../shared/reference-cards),--extract ../shared/reference-cards) \
 	  --write model_cards/hyperparameters.md
+
+## Re-extract the published cards' metrics (model_cards/published/*.metrics.yaml) for the golden card test.
+published-metrics: setup
+	python -m retrievers.cards.published ../shared/reference-cards
 
 ## Regenerate the committed fixture (deterministic: a test checks the bytes match).
 fixture: setup

@@ -57,6 +57,9 @@ def test_killed_training_resumes_from_its_checkpoint(smoke_run, tmp_path):
     logged_steps = [m.step for m in client.get_metric_history(run_id, "loss")]
     assert logged_steps and min(logged_steps) > step, f"resumed at {step} but logged {logged_steps}"
     assert max(logged_steps) == 60
+    # The dvc plots loss curve is whole: the trainer's log history comes back with the checkpoint.
+    curve = (workspace / "plots" / PHASE / "loss.csv").read_text().splitlines()
+    assert [int(line.split(",")[0]) for line in curve[1:]] == list(range(10, 61, 10))
     # The temperature carried on from the checkpoint (it starts at 0.5 and moves with training).
     assert temperature_at_kill != pytest.approx(0.5, abs=1e-7)
     assert client.get_run(run_id).data.metrics["final_temperature"] != pytest.approx(0.5, abs=1e-7)

@@ -11,6 +11,7 @@ CARDS = Path("model_cards")
 RUNS = Path("runs")
 CHECKPOINTS = Path("checkpoints")
 RELEASES = Path("releases")
+PLOTS = Path("plots")
 
 
 def source_dir(key: str) -> Path:
@@ -39,5 +40,20 @@ def card_file(model_key: str) -> Path:
     return CARDS / model_key / "README.md"
 
 
+def eval_results_file(model_key: str) -> Path:
+    """The Hub's ``.eval_results`` entries for the model (huggingface_hub ``EvalResultEntry`` format)."""
+    return CARDS / model_key / ".eval_results" / "nanobeir.yaml"
+
+
 def release_dir(model_key: str) -> Path:
     return RELEASES / model_key
+
+
+def loss_plot(phase_key: str) -> Path:
+    """Training loss per step of a phase (``dvc plots``)."""
+    return PLOTS / phase_key / "loss.csv"
+
+
+def ndcg_plot(model_key: str) -> Path:
+    """nDCG@10 per NanoBEIR set of a model (``dvc plots``)."""
+    return PLOTS / model_key / "ndcg.csv"

@@ -43,13 +43,16 @@ def evaluate(params: Params, model_key: str) -> None:
     import mlflow
 
     from retrievers.evaluate import evaluate_model
+    from retrievers.reports import log_plot, write_ndcg_plot
 
     _model(params, model_key)
     metrics = evaluate_model(params, model_key)
     write_json_atomic(paths.metrics_file(model_key), metrics, sort_keys=False)  # the evaluator's order, as cards
+    ndcg_plot = write_ndcg_plot(model_key, metrics)
     with tracking.resume_run(params, model_key, stage="evaluate"):
         mlflow.log_metrics({tracking.mlflow_metric_name(k): v for k, v in metrics.items()})
         mlflow.log_artifact(str(paths.metrics_file(model_key)), artifact_path="metrics")
+        log_plot(ndcg_plot, "ndcg", f"{model_key}: nDCG@10 per NanoBEIR set")
 
 
 def _source_description(params: Params, folder: str) -> str:
@@ -87,16 +90,87 @@ def _hub_repo_id(params: Params, folder: str) -> str | None:
     return hub.repo_id if hub else None
 
 
-def _phase_card_entry(key: str, phase) -> dict:
-    recipe_values = {k: v for k, v in flatten(phase).items()
-                     if not k.startswith("args.") and k not in ("recipe", "model", "init", "data")}
-    return {"key": key, "recipe": phase.recipe, "init": phase.init, "data": phase.data,
-            "hyperparameters": flatten(phase.args) | recipe_values}
+def _loss(phase) -> tuple[str, dict]:
+    """The phase's loss and its parameters, as train/ builds it (the card's 'Loss ... with these parameters')."""
+    if isinstance(phase, SpladePhase):
+        return "sentence_transformers.sparse_encoder.losses.SpladeLoss", {
+            "loss": "SparseMultipleNegativesRankingLoss(scale=1.0, similarity_fct='dot_score')",
+            "document_regularizer_weight": phase.document_regularizer_weight,
+            "query_regularizer_weight": phase.query_regularizer_weight,
+            "regularizer_warmup_ratio": phase.regularizer_warmup_ratio,
+        }
+    common = {"temperature": phase.temperature, "learnable_temperature": phase.learnable_temperature}
+    if phase.recipe == "xtr-contrastive":
+        return "retrievers.losses.LearnableTemperatureContrastive (pylate.losses.Contrastive)", {
+            "score_metric": f"pylate.scores.XTRScores(k={phase.k_train})",
+            **common,
+            "gather_across_devices": phase.gather_across_devices,
+        }
+    return "retrievers.losses.LearnableTemperatureDistillation (pylate.losses.Distillation)", {
+        "score_metric": f"pylate.scores.XTRKDScores(k={phase.k_train})",
+        **common,
+        "n_ways": phase.n_ways,
+        "teacher_scores": phase.teacher_scores,
+    }
+
+
+def _indented_json(data) -> str:
+    return json.dumps(data, indent=2).replace("\n", "\n  ")
+
+
+def _phase_card_entry(params: Params, key: str, phase) -> dict:
+    from retrievers.cards.compare import card_hyperparameters_of
+
+    non_default, everything = card_hyperparameters_of(params, key)
+    loss_name, loss_parameters = _loss(phase)
+    size = _dataset_size(params, phase)
+    return {
+        "key": key,
+        "recipe": phase.recipe,
+        "init": phase.init,
+        "dataset": _source_description(params, phase.data),
+        "size": _size_text(phase, size),
+        "loss_name": loss_name,
+        "loss_parameters": _indented_json(loss_parameters),
+        "recipe_settings": {k: v for k, v in flatten(phase).items()
+                            if not k.startswith("args.") and k not in ("recipe", "model", "init", "data")},
+        "non_default": non_default,
+        "all": everything,
+    }
+
+
+def _size_text(phase, size: int | None) -> str:
+    if size is None:
+        return "the whole dataset"
+    if isinstance(phase, SpladePhase):
+        return f"{size:,} training samples"
+    args = phase.args
+    return f"{size:,} training samples ({args.max_steps:,} steps x batch {args.per_device_train_batch_size})"
+
+
+def _evaluation_datasets(params: Params, model_key: str, metrics: dict) -> dict[str, tuple[str, str | None]]:
+    """NanoBEIR set -> (dataset id, revision) it was evaluated on: the Hub repository, or the local folder."""
+    source = params.sources[params.models[model_key].evaluation.data]
+
+    def describe(repo) -> tuple[str, str | None]:
+        return (repo.repo_id, repo.revision) if hasattr(repo, "repo_id") else (str(repo.path), None)
+
+    if source.members:
+        return {name: describe(repo) for name, repo in source.members.items()}
+    sets = {key.partition("_")[0] for key in metrics if key.startswith("Nano") and not key.startswith("NanoBEIR_")}
+    return dict.fromkeys(sets, describe(source.hub or source.local))
+
+
+PER_SET_EVALUATOR = {
+    "pylate-nanobeir": "pylate.evaluation.pylate_information_retrieval_evaluator.PyLateInformationRetrievalEvaluator",
+    "sparse-nanobeir": "sentence_transformers.sparse_encoder.evaluation.SparseInformationRetrievalEvaluator",
+}
 
 
 def card(params: Params, model_key: str) -> None:
-    """Render the card from files alone (no model load, no MLflow: release logs the card to the run)."""
-    from retrievers.cards import describe_architecture, render_card
+    """Render the card from files alone (no model load, no MLflow: release logs the card to the run), and the
+    Hub's ``.eval_results`` entries beside it."""
+    from retrievers.cards import describe_architecture, eval_result_entries, render_card
 
     model = _model(params, model_key)
     chain = params.phase_chain(model_key)
@@ -108,15 +182,19 @@ def card(params: Params, model_key: str) -> None:
         for phase in phases for folder in (phase.init, phase.data) if folder.startswith("data/")
     }
     model_dir = paths.model_dir(model_key)
+    metrics = json.loads(paths.metrics_file(model_key).read_text())
     context = {
         "repo_id": model.hub_repo_id,
         "profile": params.profile,
+        "final": final,
         "base_model_id": _source_description(params, first.init),
         "training_data": sorted({_source_description(params, p.data) for p in phases}),
         "architecture": describe_architecture(model_dir, model.kind),
         "embedding_size": _vocab_size(model_dir) if isinstance(final, SpladePhase) else final.colbert.embedding_size,
         "evaluator_name": type_name(model.evaluation.evaluator),
-        "phases": [_phase_card_entry(k, p) for k, p in zip(chain, phases, strict=True)],
+        "per_set_evaluator": PER_SET_EVALUATOR[model.evaluation.evaluator],
+        "evaluator_config": _indented_json({"dataset_names": model.evaluation.datasets}),
+        "phases": [_phase_card_entry(params, k, p) for k, p in zip(chain, phases, strict=True)],
         "versions": {"python": sys.version.split()[0]} | {name: metadata.version(name) for name in CARD_VERSIONS},
         "provenance": {
             "git_commit": tracking.base_tags(params, "card")["git_commit"],
@@ -125,8 +203,10 @@ def card(params: Params, model_key: str) -> None:
         },
     }
     training_repos = sorted({r for p in phases if (r := _hub_repo_id(params, p.data))})
-    text = render_card(model_key, model, context, json.loads(paths.metrics_file(model_key).read_text()),
+    text = render_card(model_key, model, context, metrics,
                        _hub_repo_id(params, first.init), training_repos, _dataset_size(params, final))
+    entries = eval_result_entries(metrics, _evaluation_datasets(params, model_key, metrics))
+    write_text_atomic(paths.eval_results_file(model_key), yaml.safe_dump(entries, sort_keys=False))
     write_text_atomic(paths.card_file(model_key), text)
 
 

@@ -67,8 +67,59 @@ STYLES = {
 
 
 def metric_display_name(metric_type: str) -> str:
-    """'MaxSim_ndcg@10' -> 'Maxsim Ndcg@10', 'query_active_dims' -> 'Query Active Dims' (as the Hub cards)."""
-    return " ".join(part.capitalize() for part in metric_type.split("_"))
+    """'MaxSim_ndcg@10' -> 'Maxsim Ndcg@10', 'query_active_dims' -> 'Query Active Dims' (sentence-transformers'
+    model card rule, which both published cards follow)."""
+    return metric_type.replace("_", " ").title()
+
+
+def format_value(value: float) -> str:
+    """A table cell as sentence-transformers' cards write it: rounded to 4 decimals, no padding (0.6, 1.0)."""
+    return str(round(value, 4)) if isinstance(value, float) else str(value)
+
+
+def metric_tables(metrics: dict[str, float]) -> dict[str, str]:
+    """The card's two evaluation tables, laid out as sentence-transformers' model cards lay them out
+    (``transformers.modelcard.make_markdown_table``; the primary metric, nDCG@10, in bold):
+    ``per_set`` (one column per NanoBEIR set) and ``mean`` (NanoBEIR mean)."""
+    from transformers.modelcard import make_markdown_table
+
+    table = split_metrics(metrics)
+    sets = [name for name in table if name != MEAN]
+
+    def cell(metric: str, value: float) -> str:
+        text = format_value(value)
+        return f"**{text}**" if metric.endswith("_ndcg@10") else text
+
+    def label(metric: str) -> str:
+        return f"**{metric}**" if metric.endswith("_ndcg@10") else metric
+
+    tables = {}
+    if sets:
+        lines = [{"Metric": label(m)} | {s: cell(m, table[s][m]) for s in sets} for m in table[sets[0]]]
+        tables["per_set"] = make_markdown_table(lines).replace("-:|", "--|")
+    if MEAN in table:
+        lines = [{"Metric": label(m), "Value": cell(m, v)} for m, v in table[MEAN].items()]
+        tables["mean"] = make_markdown_table(lines).replace("-:|", "--|")
+    return tables
+
+
+def eval_result_entries(metrics: dict[str, float], datasets: dict[str, tuple[str, str | None]]) -> list[dict]:
+    """huggingface_hub's ``.eval_results/*.yaml`` entries (``EvalResultEntry``): nDCG@10 per NanoBEIR set, with
+    the benchmark dataset and revision it was computed on. ``datasets`` maps a set ('NanoSciFact') to
+    (dataset id, revision)."""
+    from huggingface_hub import EvalResultEntry, eval_result_entries_to_yaml
+
+    entries = []
+    for dataset, values in split_metrics(metrics).items():
+        ndcg = [(m, v) for m, v in values.items() if m.endswith("_ndcg@10")]
+        if dataset == MEAN or not ndcg or dataset not in datasets:
+            continue
+        dataset_id, revision = datasets[dataset]
+        entries.append(
+            EvalResultEntry(dataset_id=dataset_id, task_id=dataset, value=ndcg[0][1], dataset_revision=revision,
+                            notes=ndcg[0][0])
+        )
+    return eval_result_entries_to_yaml(entries)
 
 
 def split_metrics(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
@@ -146,7 +197,7 @@ def describe_architecture(model_dir: Path, kind: str) -> str:
             settings["architecture"] = json.loads((folder / "config.json").read_text())["architectures"][0]
         else:
             settings = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
-        lines.append(f"  ({module['idx']}): {name}({json.dumps(settings)})")
+        lines.append(f"  ({module['idx']}): {name}({settings!r})")  # the libraries' repr, as the published cards
     return "\n".join(lines + [")"])
 
 
@@ -171,7 +222,8 @@ def render_card(
         lstrip_blocks=True,
     )
     matter = front_matter(model, metrics, base_model, datasets, dataset_size)
+    sets = [name for name in split_metrics(metrics) if name != MEAN]
     body = env.get_template(f"{model.kind}.md.j2").render(
-        key=model_key, model=model, tables=split_metrics(metrics), mean=MEAN, **context
+        key=model_key, model=model, sets=sets, tables=metric_tables(metrics), style=STYLES[model.kind], **context
     )
     return "---\n" + yaml.safe_dump(matter, sort_keys=False, allow_unicode=True) + "---\n\n" + body

@@ -56,6 +56,24 @@ def trainer_hyperparameters(params: Params, phase_key: str) -> dict[str, Any]:
     return values | {"fp16": phase.args.fp16, "bf16": phase.args.bf16}
 
 
+RUN_SPECIFIC = ("output_dir", "logging_dir", "local_rank")
+
+
+def card_hyperparameters_of(params: Params, phase_key: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(non-default, all) trainer arguments of a phase, as the published cards list them: the real
+    TrainingArguments, compared with the class's defaults; run-specific folders and tokens left out."""
+    from sentence_transformers import SentenceTransformerTrainingArguments
+    from sentence_transformers.sparse_encoder import SparseEncoderTrainingArguments
+
+    cls = SparseEncoderTrainingArguments if isinstance(params.phases[phase_key], SpladePhase) else (
+        SentenceTransformerTrainingArguments)
+    defaults = cls(output_dir="/tmp/compare").to_dict()
+    ours = {k: (v.value if hasattr(v, "value") else v) for k, v in trainer_hyperparameters(params, phase_key).items()
+            if k not in RUN_SPECIFIC and not k.endswith("token")}
+    defaults = {k: (v.value if hasattr(v, "value") else v) for k, v in defaults.items()}
+    return {k: v for k, v in ours.items() if k not in defaults or defaults[k] != v}, ours
+
+
 def _same(card: str, ours: Any) -> bool:
     text = str(ours.value if hasattr(ours, "value") else ours)
     if card == text:

@@ -10,6 +10,7 @@ from retrievers.config import Params, SpladePhase, XTRContrastivePhase, XTRDisti
 from retrievers.io import atomic_dir
 from retrievers.train.common import (
     finish_checkpoints,
+    loss_curve_callback,
     loss_state_callback,
     phase_of,
     prepare_checkpoints,
@@ -53,6 +54,7 @@ def run_phase(params: Params, phase_key: str) -> Path:
     set_seed(params.seed)
     resume_from = prepare_checkpoints(params, phase_key)
     model, trainer = _build(phase, params, phase_key)
+    trainer.add_callback(loss_curve_callback(phase_key))
     learnable_temperature = hasattr(trainer.loss, "log_temperature")
     restored_temperature = None
     if learnable_temperature:

@@ -74,6 +74,21 @@ def loss_state_callback(loss):
     return SaveLossTemperature()
 
 
+def loss_curve_callback(phase_key: str):
+    """A TrainerCallback that writes the phase's training-loss curve (``dvc plots``) when training ends and logs
+    it, with its figure, to the active MLflow run."""
+    from transformers import TrainerCallback
+
+    from retrievers.reports import log_plot, write_loss_curve
+
+    class WriteLossCurve(TrainerCallback):
+        def on_train_end(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                log_plot(write_loss_curve(phase_key, state.log_history), "loss", f"{phase_key}: training loss")
+
+    return WriteLossCurve()
+
+
 def restore_loss_state(loss, checkpoint: str | None) -> float | None:
     """Load the temperature saved with ``checkpoint`` into ``loss`` (one with a ``log_temperature``); return it
     (None when there is nothing to restore)."""
