@@ -82,6 +82,7 @@ def test_push_is_one_commit_of_the_bundle_with_a_version_tag(workspace, hub):
         bundle = workspace.root / "releases" / model
         pushed = hub.git(repo_id, "ls-tree", "-r", "--name-only", TAG).splitlines()
         assert sorted(pushed) == [name for name, _ in bundle_files(bundle)]
+        assert {"README.md", "metrics.json", ".eval_results/nanobeir.yaml", "model.safetensors"} <= set(pushed)
         for name in pushed:
             blob = subprocess.run(["git", "show", f"{TAG}:{name}"], cwd=hub.repo_dir(repo_id), capture_output=True,
                                   check=True).stdout

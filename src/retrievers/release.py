@@ -107,6 +107,10 @@ def assemble_bundle(model_key: str, config: ModelConfig, target: Path, gate_valu
     with atomic_dir(target) as scratch:
         shutil.copytree(paths.model_dir(model_key), scratch, dirs_exist_ok=True)
         shutil.copy2(paths.card_file(model_key), scratch / "README.md")
+        # The Hub reads eval results from .eval_results/ at the repository root, beside the card.
+        eval_results = paths.eval_results_file(model_key)
+        (scratch / ".eval_results").mkdir()
+        shutil.copy2(eval_results, scratch / ".eval_results" / eval_results.name)
         shutil.copy2(paths.metrics_file(model_key), scratch / "metrics.json")
         write_json_atomic(
             scratch / "release.json",
