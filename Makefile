@@ -9,7 +9,7 @@ export PATH := $(CURDIR)/.venv/bin:$(HOME)/.local/bin:$(PATH)
 # Everything after download runs offline; the smoke profile's downloads are local folders.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: setup smoke test lint fixture hyperparameters published-metrics clean-smoke
+.PHONY: setup smoke test lint typecheck dvc-remote fixture hyperparameters published-metrics clean-smoke
 
 setup: .venv/.synced
 
@@ -30,6 +30,19 @@ test: setup
 
 lint: setup
 	ruff check src stages tests
+
+typecheck: setup
+	mypy
+
+## Point DVC at the S3 remote, in the git-ignored .dvc/config.local of $(DVC_DIR): DVC_REMOTE_URL=s3://bucket/prefix,
+## DVC_S3_ENDPOINT for an S3-compatible server (optional). Credentials stay in the environment (AWS_ACCESS_KEY_ID,
+## AWS_SECRET_ACCESS_KEY) or an AWS profile, never in a DVC config file.
+DVC_DIR ?= .
+dvc-remote: setup
+	@test -n "$${DVC_REMOTE_URL:-}" || { echo "error: set DVC_REMOTE_URL=s3://<bucket>/<prefix>" >&2; exit 1; }
+	cd $(DVC_DIR) && dvc remote add --local --force --default storage "$$DVC_REMOTE_URL"
+	@if [ -n "$${DVC_S3_ENDPOINT:-}" ]; then \
+	  cd $(DVC_DIR) && dvc remote modify --local storage endpointurl "$$DVC_S3_ENDPOINT"; fi
 
 ## Published cards' hyperparameters next to what params.yaml gives the trainers.
 hyperparameters: setup

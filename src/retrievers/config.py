@@ -162,6 +162,9 @@ class PhaseBase(Strict):
     init: str = Field(description="folder the phase starts from: data/<base model> or models/<earlier phase>")
     data: str = Field(description="folder of the training dataset: data/<source key>")
     max_train_samples: int | None = None
+    nproc_per_node: int = Field(
+        1, ge=1, description="training processes on this node (one per GPU); above 1 train@ runs under torchrun (DDP)"
+    )
     args: TrainerArgs
 
 
@@ -195,6 +198,7 @@ class SpladePhase(PhaseBase):
         0.333, description="fraction of training over which regularizer weights ramp up from 0 (explicit schedule)"
     )
     eval_samples: int = 0
+    gather_across_devices: bool = True
 
 
 Phase = Annotated[XTRContrastivePhase | XTRDistillationPhase | SpladePhase, Field(discriminator="recipe")]

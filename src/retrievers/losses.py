@@ -23,9 +23,10 @@ class LearnableTemperatureContrastive(losses.Contrastive):
 
     def __init__(self, *args, temperature: float = 0.05, learnable: bool = True, **kwargs):
         self._learnable = learnable
-        super().__init__(*args, temperature=temperature, **kwargs)
+        super().__init__(*args, temperature=temperature, **kwargs)  # type: ignore[misc]
 
-    @property
+    # A tensor where PyLate declares a float: the learnable parameter is the point of this class.
+    @property  # type: ignore[override]
     def temperature(self) -> torch.Tensor:
         return self.log_temperature.exp()
 

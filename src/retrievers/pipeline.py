@@ -258,7 +258,8 @@ def stage_main(run: Callable[[Params, str], None], argv: list[str] | None = None
     logging.basicConfig(
         level=os.environ.get("RETRIEVERS_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
+    errors: tuple[type[BaseException], ...] = (*USER_ERRORS, DownloadError, KDDataError, ReleaseError)
     try:
         run(load_params(), argv[0])
-    except (*USER_ERRORS, DownloadError, KDDataError, ReleaseError) as error:
+    except errors as error:
         sys.exit(f"{name}@{argv[0]}: error: {error}")

@@ -107,6 +107,8 @@ def download_source(key: str, source: Source) -> Path:
         if source.members is not None:
             record = {name: _fetch(spec, scratch / name) for name, spec in source.members.items()}
         else:
-            record = _fetch(source.hub or source.local, scratch)
+            spec = source.hub or source.local
+            assert spec is not None, "Source's validator requires exactly one of hub, local, members"
+            record = _fetch(spec, scratch)
         (scratch / "SOURCE.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return target

@@ -122,7 +122,8 @@ def splade_triplets(tables: KDTables, n_negatives: int, seed: int, max_samples: 
 
     train = tables.train if max_samples is None else tables.train.slice(0, max_samples)
     rng = np.random.default_rng(seed)
-    positives, negatives = [], [[] for _ in range(n_negatives)]
+    positives: list[int] = []
+    negatives: list[list[int]] = [[] for _ in range(n_negatives)]
     for doc_pos, scores in zip(
         train.column("document_pos").to_pylist(), train.column("scores").to_pylist(), strict=True
     ):

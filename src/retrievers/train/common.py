@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from retrievers import paths
@@ -102,6 +105,51 @@ def restore_loss_state(loss, checkpoint: str | None) -> float | None:
     with torch.no_grad():
         loss.log_temperature.copy_(torch.load(state_file)["log_temperature"])
     return float(loss.temperature)
+
+
+def prepare_torchrun_rank() -> bool:
+    """True in a process that torchrun started; on a machine without a GPU, its ranks join a CPU (gloo) group.
+
+    ``ACCELERATE_USE_CPU`` rather than ``use_cpu=True``: SparseEncoderTrainer builds default training arguments
+    of its own, which would otherwise re-initialise accelerate's state as one process per rank."""
+    import torch
+
+    if "LOCAL_RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return False
+    if not torch.cuda.is_available():
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+    return True
+
+
+def launch_torchrun(phase_key: str, nproc_per_node: int) -> None:
+    """Re-run this stage as ``torchrun --standalone --nproc_per_node N stages/train.py <phase>`` (DDP on one node)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}",
+           "stages/train.py", phase_key]
+    logger.info("launching %s", " ".join(cmd[1:]))
+    result = subprocess.run(cmd)
+    if result.returncode != 0:
+        raise RuntimeError(f"torchrun for train@{phase_key} exited with status {result.returncode} (ranks' logs above)")
+
+
+def average_loss_gradients(loss, model) -> None:
+    """Average across processes the gradients of parameters the loss owns beyond the model's (the learnable
+    temperature): DDP all-reduces only the wrapped model's gradients, so each rank would otherwise drift."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    model_params = {id(p) for p in model.parameters()}
+    for param in loss.parameters():
+        if param.requires_grad and id(param) not in model_params:
+            param.register_hook(_all_reduce_mean)
+
+
+def _all_reduce_mean(grad):
+    import torch.distributed as dist
+
+    grad = grad.clone()
+    dist.all_reduce(grad)
+    return grad / dist.get_world_size()
 
 
 def finish_checkpoints(phase_key: str) -> None:

@@ -35,7 +35,9 @@ def splade_trainer(phase: SpladePhase, init: Path, data: Path, args, seed: int):
     train = splade_triplets(tables, phase.n_negatives, seed, phase.max_train_samples)
     loss = SpladeLoss(
         model=model,
-        loss=SparseMultipleNegativesRankingLoss(model=model, scale=1.0),
+        loss=SparseMultipleNegativesRankingLoss(
+            model=model, scale=1.0, gather_across_devices=phase.gather_across_devices
+        ),
         query_regularizer_weight=phase.query_regularizer_weight,
         document_regularizer_weight=phase.document_regularizer_weight,
     )

@@ -1,0 +1,53 @@
+"""Multi-GPU training, shown on CPU: `train@<phase>` with nproc_per_node 2 runs under torchrun (DDP over gloo)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import yaml
+
+from .conftest import REPO, run
+
+pytestmark = pytest.mark.slow
+PER_DEVICE_BATCH = 4
+STEPS = 3
+SAMPLES = 2 * PER_DEVICE_BATCH * STEPS  # one epoch is STEPS steps only if both ranks share the data
+PHASES = {"modernbert-xtr-contrastive": "modernbert-xtr", "neobert-splade": "neobert-splade"}  # phase: model
+
+
+@pytest.fixture(scope="module")
+def ddp_workspace(tmp_path_factory):
+    """The smoke profile with both first phases set to 2 processes and a few steps, trained through `dvc repro`."""
+    workspace = tmp_path_factory.mktemp("ddp") / "ws"
+    run([sys.executable, "-m", "retrievers.profile", "smoke", str(workspace)], cwd=REPO)
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    for phase in PHASES:
+        params["phases"][phase] |= {"nproc_per_node": 2, "max_train_samples": SAMPLES}
+        params["phases"][phase]["args"] |= {"per_device_train_batch_size": PER_DEVICE_BATCH, "max_steps": -1,
+                                            "num_train_epochs": 1, "logging_steps": 1, "save_steps": 1000}
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    uri = f"sqlite:///{workspace}/mlflow.db"
+    run(["dvc", "repro", *(f"train@{phase}" for phase in PHASES)], cwd=workspace, env={"MLFLOW_TRACKING_URI": uri})
+    return workspace, uri
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_two_process_training_shares_the_data_and_writes_once(ddp_workspace, phase):
+    from mlflow import MlflowClient
+
+    workspace, uri = ddp_workspace
+    assert (workspace / "models" / phase / "model.safetensors").exists()
+    assert not (workspace / "checkpoints" / phase).exists()
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name(PHASES[phase]).experiment_id])
+    assert len(runs) == 1, "only rank 0 opens an MLflow run"
+    run_id = json.loads((workspace / "runs" / f"{phase}.json").read_text())["run_id"]
+    assert runs[0].info.run_id == run_id
+    assert runs[0].data.tags["world_size"] == "2"
+    steps = [m.step for m in client.get_metric_history(run_id, "loss")]
+    assert max(steps) == STEPS
+    # One epoch of SAMPLES in STEPS steps: each step took 2 ranks x PER_DEVICE_BATCH samples (one rank: 2 x STEPS).
+    epochs = {m.step: m.value for m in client.get_metric_history(run_id, "epoch")}
+    assert epochs[STEPS] == pytest.approx(1.0)
