@@ -70,4 +70,5 @@ def test_retrain_runs_on_the_gpu_runner_one_model_at_a_time_and_gates_the_releas
     assert any(step.get("uses", "").startswith("peter-evans/create-pull-request") for step in train["steps"])
     assert release["environment"] == "release" and "train" in release["needs"]
     hf_token_steps = [s for job in retrain["jobs"].values() for s in job["steps"] if "HF_TOKEN" in str(s.get("env"))]
-    assert [s["name"] for s in hf_token_steps] == ["Upload to the Hub"], "HF_TOKEN reaches the upload step only"
+    assert [s["name"] for s in hf_token_steps] == ["Release to the MLflow registry and the Hub"], "HF_TOKEN: one step"
+    assert "release.hub.push=true" in hf_token_steps[0]["run"] and "release@$MODEL" in hf_token_steps[0]["run"]
