@@ -102,7 +102,7 @@ class HubPushConfig(Strict):
     pushes nothing (no token needed); ``force`` moves an existing ``tag`` instead of refusing."""
 
     push: bool = False
-    tag: str = Field("v0.1.0", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    tag: str = Field(default="v0.1.0", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     dry_run: bool = False
     force: bool = False
 

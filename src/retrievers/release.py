@@ -186,7 +186,7 @@ class HubPublisher:
 
         return HfHubHTTPError, httpx.HTTPError, OSError
 
-    def _hub_error(self, action: str, error: Exception) -> ReleaseError:
+    def _hub_error(self, action: str, error: BaseException) -> ReleaseError:
         return ReleaseError(f"{action} {self.repo_id} on {self.api.endpoint} failed: {str(error).splitlines()[0]}")
 
     def tag_exists(self) -> bool:

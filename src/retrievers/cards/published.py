@@ -24,11 +24,13 @@ def _scalar(text: str):
     return yaml.safe_load(text) if text else None
 
 
-def parse_model_index(card_text: str) -> tuple[str, list[dict]]:
+def parse_model_index(card_text: str) -> tuple[str | None, list[dict]]:
     """(model-index name, results) from a card's front matter, read line by line (indentation is lost)."""
     lines = card_text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.strip() == "model-index:")
-    name, results, section = None, [], None
+    name: str | None = None
+    results: list[dict] = []
+    section: str | None = None
     for line in lines[start + 1 :]:
         match = KEY_VALUE.match(line)
         if not match:

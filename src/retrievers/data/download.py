@@ -41,7 +41,7 @@ def hub_snapshot(repo: HubRepo, local_dir: Path | None = None) -> tuple[Path, st
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
     try:
         # Resolve a branch to its commit first, so what was fetched is recorded exactly.
-        sha = HfApi().repo_info(repo.repo_id, revision=repo.revision, repo_type=repo.repo_type).sha
+        sha = HfApi().repo_info(repo.repo_id, revision=repo.revision, repo_type=repo.repo_type).sha or repo.revision
         path = snapshot_download(
             repo.repo_id, revision=sha, repo_type=repo.repo_type, local_dir=local_dir,
             allow_patterns=repo.allow_patterns,
