@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 import retrievers  # noqa: F401  (registers model_type "neobert" with the Auto classes)
-from retrievers.neobert import NeoBERTBlock, NeoBERTConfig, NeoBERTLMHead
+from retrievers.neobert import NeoBERTBlock, NeoBERTConfig, NeoBERTLMHead, rope_rotations
 
 TOKENIZER = Path(__file__).parent.parent / "fixtures" / "tokenizer"
 
@@ -85,7 +85,7 @@ def test_one_block_matches_the_equations_on_random_weights():
     weights = {name: p.detach() for name, p in block.named_parameters()}
     expected = reference_block(x, mask, weights, config.num_attention_heads, config.norm_eps)
     with torch.no_grad():
-        ours = block(x, mask[:, None, None, :])
+        ours = block(x, mask[:, None, None, :], rope_rotations(9, config.dim_head, x.device))
     # RoPE runs in float32 as in the original (float64 elsewhere here): agreement to ~1e-8, not to 1e-15.
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
 

@@ -71,16 +71,18 @@ class NeoBERTConfig(PretrainedConfig):
         return 8 * -(-int(2 * self.intermediate_size / 3) // 8)
 
 
-def rotate_adjacent_pairs(x: torch.Tensor) -> torch.Tensor:
-    """RoPE on ``x`` [batch, length, heads, dim_head]: dims (2i, 2i+1) rotate by position * theta^(-2i/dim)."""
-    length, dim = x.shape[1], x.shape[-1]
-    inv_freq = 1.0 / ROPE_THETA ** (torch.arange(0, dim, 2, device=x.device, dtype=torch.float32) / dim)
-    angles = torch.outer(torch.arange(length, device=x.device, dtype=torch.float32), inv_freq)  # [length, dim/2]
-    cos, sin = angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]
-    pairs = x.float().unflatten(-1, (dim // 2, 2))
-    even, odd = pairs[..., 0], pairs[..., 1]
-    rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
-    return rotated.flatten(-2).type_as(x)
+def rope_rotations(length: int, dim_head: int, device: torch.device) -> torch.Tensor:
+    """Unit complex numbers [length, dim_head/2]: position p turns pair i by p * theta^(-2i/dim_head)."""
+    inv_freq = 1.0 / ROPE_THETA ** (torch.arange(0, dim_head, 2, device=device, dtype=torch.float32) / dim_head)
+    angles = torch.outer(torch.arange(length, device=device, dtype=torch.float32), inv_freq)
+    return torch.polar(torch.ones_like(angles), angles)
+
+
+def rotate_adjacent_pairs(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    """RoPE on ``x`` [batch, length, heads, dim_head]: dims (2i, 2i+1) as one complex number, turned by
+    ``rotations`` [length, dim_head/2] (in float32, as the original)."""
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(pairs * rotations[None, :, None, :]).flatten(-2).type_as(x)
 
 
 class SwiGLU(nn.Module):
@@ -106,10 +108,10 @@ class NeoBERTBlock(nn.Module):
         self.attention_norm = nn.RMSNorm(config.hidden_size, eps=config.norm_eps)
         self.ffn_norm = nn.RMSNorm(config.hidden_size, eps=config.norm_eps)
 
-    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None, rotations: torch.Tensor) -> torch.Tensor:
         batch, length, _ = x.shape
         q, k, v = self.qkv(self.attention_norm(x)).view(batch, length, self.heads, 3 * self.dim_head).chunk(3, dim=-1)
-        q, k = rotate_adjacent_pairs(q), rotate_adjacent_pairs(k)
+        q, k = rotate_adjacent_pairs(q, rotations), rotate_adjacent_pairs(k, rotations)
         attended = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=attention_mask
         )
@@ -164,9 +166,10 @@ class NeoBERT(NeoBERTPreTrainedModel):
         x = self.encoder(input_ids)
         # [batch, 1, 1, length] booleans, True where a key may be attended to (padding is not).
         mask = attention_mask.bool()[:, None, None, :] if attention_mask is not None else None
+        rotations = rope_rotations(x.shape[1], self.config.dim_head, x.device)
         hidden_states = [x] if output_hidden_states else None
         for block in self.transformer_encoder:
-            x = block(x, mask)
+            x = block(x, mask, rotations)
             if hidden_states is not None:
                 hidden_states.append(x)
         x = self.layer_norm(x)
