@@ -45,6 +45,7 @@ def test_published_params_load_and_hold_the_card_recipes():
         splade.args.batch_sampler,
     ) == (24, 5, 8, True, "no_duplicates")
     assert splade.query_regularizer_weight == splade.document_regularizer_weight == 3e-4
+    assert (splade.loss, splade.splade.max_seq_length, splade.muon is not None) == ("mnrl", 256, True)
     assert params.sources["ms-marco-en-bge-gemma"].hub.revision == "1a1ffe7cde403016be12ae532b249965b2293114"
 
 

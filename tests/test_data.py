@@ -89,7 +89,7 @@ def test_arrow_kd_lookup_equals_pylate_kdprocessing():
 
 def test_splade_triplets_take_the_teachers_best_as_positive():
     tables = load_kd_tables(KD, "train_unormalized")
-    triplets = splade_triplets(tables, n_negatives=2, seed=0, max_samples=50)
+    triplets, _ = splade_triplets(tables, n_negatives=2, seed=0, max_samples=50, with_scores=True)
     texts = tables.documents["text"]
     for row, (positions, scores) in enumerate(
         zip(
@@ -101,8 +101,28 @@ def test_splade_triplets_take_the_teachers_best_as_positive():
         best = positions[max(range(len(scores)), key=scores.__getitem__)]
         assert triplets[row]["positive"] == texts[best]
         assert triplets[row]["negative_1"] != triplets[row]["positive"] != triplets[row]["negative_2"]
-    again = splade_triplets(tables, n_negatives=2, seed=0, max_samples=50)
-    assert again.to_list() == triplets.to_list()
+        label = triplets[row]["label"]
+        assert label[0] == max(scores) and all(s in scores and s <= label[0] for s in label[1:])
+    again, _ = splade_triplets(tables, n_negatives=2, seed=0, max_samples=50, with_scores=True)
+    assert again[:] == triplets[:]
+
+
+def test_splade_negatives_are_redrawn_each_epoch_and_reproducible():
+    tables = load_kd_tables(KD, "train_unormalized")
+
+    def negatives(seed: int, epoch: int) -> list[str]:
+        dataset, transform = splade_triplets(tables, n_negatives=1, seed=seed, max_samples=100)
+        transform.epoch = epoch
+        return dataset[:]["negative_1"]
+
+    epoch_0, epoch_1 = negatives(0, 0), negatives(0, 1)
+    assert epoch_0 == negatives(0, 0) and epoch_1 == negatives(0, 1), "same seed and epoch, same negatives"
+    changed = sum(a != b for a, b in zip(epoch_0, epoch_1, strict=True))
+    assert changed > 50, f"only {changed} of 100 negatives changed between epochs 0 and 1"
+    assert negatives(1, 0) != epoch_0, "another seed draws other negatives"
+    # Row by row or in a batch, the same draw: it does not depend on how the sampler reads the rows.
+    dataset, _ = splade_triplets(tables, n_negatives=1, seed=0, max_samples=100)
+    assert [dataset[i]["negative_1"] for i in (7, 3, 42)] == [epoch_0[i] for i in (7, 3, 42)]
 
 
 def test_dangling_document_id_is_named(tmp_path):

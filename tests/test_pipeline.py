@@ -24,6 +24,8 @@ def test_trained_models_load_with_the_stock_libraries(smoke_run):
     splade = SparseEncoder(str(smoke_run.workspace / "models" / "neobert-splade"))
     sparse = splade.encode(["what is a query"], convert_to_sparse_tensor=False)
     assert sparse.shape == (1, splade.get_sentence_embedding_dimension()) and float(sparse.min()) >= 0
+    assert type(splade[0].auto_model).__name__ == "NeoBERTLMHead"  # the native NeoBERT, through the Auto classes
+    assert 0 < int((sparse > 0).sum()) < sparse.shape[1], "a trained SPLADE vector is sparse"
 
 
 def test_metrics_and_cards_exist_with_the_card_metric_names(smoke_run):
@@ -36,8 +38,10 @@ def test_metrics_and_cards_exist_with_the_card_metric_names(smoke_run):
         mean = [r for r in results if r["dataset"]["type"] == "NanoBEIR_mean"]
         assert mean and any(m["value"] == pytest.approx(metrics[key]) for m in mean[0]["metrics"])
     sparse = json.loads((smoke_run.workspace / "metrics" / "neobert-splade.json").read_text())
-    for key in ("query_active_dims", "corpus_active_dims", "query_sparsity_ratio", "avg_flops"):
+    for key in ("query_active_dims", "corpus_active_dims", "query_sparsity_ratio", "corpus_sparsity_ratio",
+                "avg_flops"):
         assert f"NanoBEIR_mean_{key}" in sparse
+    assert 0 < sparse["NanoBEIR_mean_corpus_sparsity_ratio"] < 1
 
 
 def test_mlflow_holds_params_losses_metrics_artifacts_tags_and_registry(smoke_run):

@@ -187,9 +187,27 @@ class XTRDistillationPhase(PhaseBase):
     teacher_scores: Literal["train", "train_unormalized"] = "train"
 
 
+class MuonConfig(Strict):
+    """``torch.optim.Muon`` for the encoder's hidden 2-D matrices; the rest (embeddings, MLM decoder, norms,
+    biases) goes to AdamW. Both use ``args.learning_rate`` and ``args.weight_decay``."""
+
+    momentum: float = 0.95
+    nesterov: bool = True
+    ns_steps: int = 5
+    adjust_lr_fn: Literal["original", "match_rms_adamw"] = Field(
+        default="match_rms_adamw", description="scale Muon's update to AdamW's RMS, so one learning rate serves both"
+    )
+
+
 class SpladePhase(PhaseBase):
     recipe: Literal["splade"]
     splade: SpladeConfig
+    loss: Literal["mnrl", "margin-mse", "distill-kldiv"] = Field(
+        default="mnrl",
+        description="inside SpladeLoss: SparseMultipleNegativesRankingLoss (the card), or soft distillation on "
+        "the teacher scores with SparseMarginMSELoss or SparseDistillKLDivLoss",
+    )
+    muon: MuonConfig | None = Field(default=MuonConfig(), description="null: AdamW for every parameter")
     teacher_scores: Literal["train", "train_unormalized"] = "train_unormalized"
     n_negatives: int = 1
     query_regularizer_weight: float = 3e-4

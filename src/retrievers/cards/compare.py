@@ -96,6 +96,54 @@ def comparison_rows(card_values: dict[str, str], ours: dict[str, Any]) -> list[t
     return rows
 
 
+def splade_recipe(phase: SpladePhase) -> dict[str, Any]:
+    """What train@<phase> does beyond TrainingArguments, in the words of the hand-written published recipe."""
+    from transformers import AutoModelForMaskedLM
+
+    from retrievers.neobert import NeoBERTConfig
+
+    loss = {
+        "mnrl": "SparseMultipleNegativesRankingLoss(scale=1.0, similarity_fct='dot_score')",
+        "margin-mse": "SparseMarginMSELoss on the teacher scores",
+        "distill-kldiv": "SparseDistillKLDivLoss on the teacher scores",
+    }[phase.loss]
+    if phase.muon is None:
+        optimizer = "AdamW"
+    else:
+        muon = ", ".join(f"{k} {v}" for k, v in phase.muon.model_dump().items())
+        optimizer = f"Muon (hidden 2-D matrices) + AdamW (the rest), through optimizers= [torch.optim.Muon: {muon}]"
+    negatives = "sampled from the other scored documents, redrawn each epoch"
+    return {
+        # What the Auto class resolves model_type "neobert" to (registered on `import retrievers`).
+        "architecture": AutoModelForMaskedLM._model_mapping[NeoBERTConfig].__name__,  # type: ignore[attr-defined]
+        "max_seq_length": phase.splade.max_seq_length,
+        "pooling_strategy": phase.splade.pooling_strategy,
+        "activation_function": phase.splade.activation_function,
+        "loss": loss,
+        "query_regularizer_weight": phase.query_regularizer_weight,
+        "document_regularizer_weight": phase.document_regularizer_weight,
+        "regularizer_schedule": f"linear ramp from 0 over the first {phase.regularizer_warmup_ratio} of training",
+        "train_samples": phase.max_train_samples,
+        "eval_samples": phase.eval_samples,
+        "teacher_scores": phase.teacher_scores,
+        "positive": "highest teacher score",
+        "negatives": f"{phase.n_negatives} {negatives}",
+        "optimizer": optimizer,
+        "learning_rate": phase.args.learning_rate,
+        "weight_decay": phase.args.weight_decay,
+        "lr_scheduler": phase.args.lr_scheduler_type,
+    }
+
+
+def recipe_rows(published: dict[str, dict], ours: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for name, fact in published.items():
+        value = ours[name]
+        same = _same(str(fact["published"]), value) or str(value).startswith(str(fact["published"]))
+        rows.append((name, f"{fact['published']} ({fact['source']})", str(value), "same" if same else "differs"))
+    return rows
+
+
 def markdown_table(rows: list[tuple[str, str, str, str]]) -> str:
     out = ["| hyperparameter | published card | params.yaml -> trainer | |", "|:--|:--|:--|:--|"]
     out += [f"| `{n}` | `{c}` | `{o}` | {m} |" for n, c, o, m in rows]
@@ -134,6 +182,8 @@ def report(params: Params, published_dir: Path = PUBLISHED_DIR) -> str:
         "- `warmup_ratio` (None vs 0.0), `lr_scheduler_kwargs` (None vs {}), `include_num_input_tokens_seen`",
         "  (`no` vs False): transformers 5 spellings of the same setting.",
         "- `local_rank`: set by the launcher at run time.",
+        "- `lr_scheduler` (NeoBERT-SPLADE recipe): the author's script used warmup-stable-decay, but its phase",
+        "  lengths are not published; params.yaml keeps the trainer's linear decay.",
     ]
     for model in PUBLISHED:
         published = yaml.safe_load((published_dir / f"{model}.yaml").read_text())
@@ -142,6 +192,15 @@ def report(params: Params, published_dir: Path = PUBLISHED_DIR) -> str:
         same = sum(r[3] == "same" for r in rows)
         parts += ["", f"## {model} (`train@{phase}` vs `{card}`): {same} of {len(rows)} the same", "",
                   markdown_table(rows)]
+        recipe_file = published_dir / f"{model}.recipe.yaml"
+        if recipe_file.exists():
+            recipe = yaml.safe_load(recipe_file.read_text())
+            splade_phase = params.phases[recipe["phase"]]
+            assert isinstance(splade_phase, SpladePhase), recipe_file
+            rows = recipe_rows(recipe["recipe"], splade_recipe(splade_phase))
+            same = sum(r[3] == "same" for r in rows)
+            parts += ["", f"### {model}: the recipe beyond TrainingArguments ({recipe_file.name}): "
+                      f"{same} of {len(rows)} the same", "", markdown_table(rows)]
     return "\n".join(parts) + "\n"
 
 

@@ -318,7 +318,9 @@ def pretrain_mlm(model, tokenizer, texts: list[str], steps: int, learning_rate: 
 def write_tiny_models(tokenizer_dir: Path, models_dir: Path, texts: list[str], steps: int = 1600) -> None:
     """Tiny base models in the Hub's model layout: built from config with a fixed seed, then MLM-pretrained."""
     import torch
-    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, ModernBertConfig, ModernBertForMaskedLM
+    from transformers import AutoTokenizer, ModernBertConfig, ModernBertForMaskedLM
+
+    from retrievers.neobert import NeoBERTConfig, NeoBERTLMHead
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     shared = dict(  # both tiny models: same size, same tokenizer
@@ -342,7 +344,17 @@ def write_tiny_models(tokenizer_dir: Path, models_dir: Path, texts: list[str], s
                 **shared,
             )
         ),
-        "tiny-bert-mlm": lambda: BertForMaskedLM(BertConfig(**shared)),
+        "tiny-neobert": lambda: NeoBERTLMHead(
+            NeoBERTConfig(
+                vocab_size=shared["vocab_size"],
+                hidden_size=shared["hidden_size"],
+                intermediate_size=shared["intermediate_size"],
+                num_hidden_layers=shared["num_hidden_layers"],
+                num_attention_heads=shared["num_attention_heads"],
+                max_length=shared["max_position_embeddings"],
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        ),
     }
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

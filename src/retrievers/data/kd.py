@@ -115,29 +115,67 @@ def kd_training_dataset(tables: KDTables, n_ways: int, max_samples: int | None =
     return dataset
 
 
-def splade_triplets(tables: KDTables, n_negatives: int, seed: int, max_samples: int | None = None):
-    """(query, positive, negative_1..n) texts: the highest teacher score is the positive, negatives are
-    sampled uniformly from the other scored documents with a seeded generator."""
+class SpladeTripletTransform:
+    """``datasets`` transform: rows of positions -> {query, positive, negative_1..n[, label]} texts.
+
+    The document with the highest teacher score is the positive; the negatives are drawn without replacement
+    from the query's other scored documents by a generator seeded with (seed, epoch, row), so every epoch sees
+    fresh negatives, the same seed gives the same ones, and the draw does not depend on the order in which the
+    sampler or the dataloader workers read rows. ``epoch`` is advanced by ``TripletEpochCallback``.
+    ``label`` (with ``with_scores``): the teacher scores of the positive and the negatives, for the
+    soft-distillation losses (SparseMarginMSELoss, SparseDistillKLDivLoss)."""
+
+    def __init__(self, tables: KDTables, n_negatives: int, seed: int, with_scores: bool = False):
+        self.tables, self.n_negatives, self.seed, self.with_scores = tables, n_negatives, seed, with_scores
+        self.epoch = 0
+
+    def draw(self, row: int, scores: list[float]) -> tuple[int, list[int]]:
+        """(index of the positive, indices of the negatives) among one row's scored documents."""
+        best = int(np.argmax(scores))
+        rest = [i for i in range(len(scores)) if i != best]
+        rng = np.random.default_rng((self.seed, self.epoch, row))
+        return best, [rest[int(c)] for c in rng.choice(len(rest), size=self.n_negatives, replace=False)]
+
+    def __call__(self, batch: dict) -> dict:
+        positives: list[int] = []
+        negatives: list[list[int]] = [[] for _ in range(self.n_negatives)]
+        labels: list[list[float]] = []
+        for row, documents, scores in zip(batch["row"], batch["document_pos"], batch["teacher"], strict=True):
+            best, drawn = self.draw(row, scores)
+            positives.append(documents[best])
+            for slot, index in zip(negatives, drawn, strict=True):
+                slot.append(documents[index])
+            labels.append([scores[best]] + [scores[i] for i in drawn])
+        columns: dict[str, list] = {
+            "query": texts_at(self.tables.queries, batch["query_pos"]),
+            "positive": texts_at(self.tables.documents, positives),
+        }
+        for i, slot in enumerate(negatives, start=1):
+            columns[f"negative_{i}"] = texts_at(self.tables.documents, slot)
+        if self.with_scores:
+            columns["label"] = labels
+        return columns
+
+
+def splade_triplets(
+    tables: KDTables, n_negatives: int, seed: int, max_samples: int | None = None, with_scores: bool = False
+):
+    """A ``datasets.Dataset`` of (query, positive, negative_1..n) triplets drawn lazily by
+    ``SpladeTripletTransform``, and that transform (set its ``epoch`` to draw another epoch's negatives)."""
     from datasets import Dataset
 
     train = tables.train if max_samples is None else tables.train.slice(0, max_samples)
-    rng = np.random.default_rng(seed)
-    positives: list[int] = []
-    negatives: list[list[int]] = [[] for _ in range(n_negatives)]
-    for doc_pos, scores in zip(
-        train.column("document_pos").to_pylist(), train.column("scores").to_pylist(), strict=True
-    ):
-        best = int(np.argmax(scores))
-        rest = [p for i, p in enumerate(doc_pos) if i != best]
-        if len(rest) < n_negatives:
-            raise KDDataError(f"a query has {len(rest)} non-positive documents, fewer than n_negatives={n_negatives}")
-        positives.append(doc_pos[best])
-        for slot, choice in zip(negatives, rng.choice(len(rest), size=n_negatives, replace=False), strict=True):
-            slot.append(rest[int(choice)])
-    columns = {
-        "query": texts_at(tables.queries, train.column("query_pos").to_pylist()),
-        "positive": texts_at(tables.documents, positives),
-    }
-    for i, slot in enumerate(negatives, start=1):
-        columns[f"negative_{i}"] = texts_at(tables.documents, slot)
-    return Dataset.from_dict(columns)
+    short = pc.less_equal(pc.list_value_length(train.column("document_pos")), n_negatives)
+    if pc.any(short).as_py():
+        row = pc.index(short, True).as_py()
+        raise KDDataError(
+            f"row {row} has too few scored documents for a positive and n_negatives={n_negatives}; "
+            "lower n_negatives in params.yaml"
+        )
+    # Named `teacher`, not `scores`: the no-duplicates sampler drops columns named like labels.
+    positions = train.select(["query_pos", "document_pos"]).append_column("teacher", train.column("scores"))
+    positions = positions.append_column("row", pa.array(np.arange(positions.num_rows), pa.int64()))
+    dataset = Dataset(positions, fingerprint=f"splade-positions-{positions.num_rows}")
+    transform = SpladeTripletTransform(tables, n_negatives, seed, with_scores)
+    dataset.set_transform(transform)
+    return dataset, transform
