@@ -13,8 +13,6 @@ from .conftest import REPO, run
 
 pytestmark = pytest.mark.slow
 BUCKET = "retrievers-dvc"
-# Outputs with `cache: false` live in git, not in the remote: a clone has them with the committed dvc.lock.
-GIT_TRACKED_OUTPUTS = ("dvc.lock", "runs/*.json", "metrics/*.json", "model_cards/*/README.md", "releases/*.json")
 
 
 @pytest.fixture
@@ -34,6 +32,16 @@ def s3_env():
     server.stop()
 
 
+def git_tracked_outputs(workspace: Path) -> list[Path]:
+    """dvc.lock and every output declared `cache: false`: they live in git, not in the remote, so a clone has
+    them with the committed dvc.lock. Read from the pipeline itself, so a new uncached output cannot be missed."""
+    from dvc.repo import Repo
+
+    with Repo(str(workspace)) as repo:
+        uncached = [Path(out.fs_path) for stage in repo.index.stages for out in stage.outs if not out.use_cache]
+    return [workspace / "dvc.lock", *uncached]
+
+
 def configure_remote(workspace: Path, env: dict[str, str]) -> None:
     """`make dvc-remote` (what the workflows run), without its environment set-up step."""
     run(["make", "-s", "-o", ".venv/.synced", "dvc-remote", f"DVC_DIR={workspace}"], cwd=REPO, env=env)
@@ -50,11 +58,14 @@ def test_fresh_clone_pulls_the_pushed_outputs_and_has_nothing_to_reproduce(smoke
 
     clone = tmp_path / "clone"
     run([sys.executable, "-m", "retrievers.profile", "smoke", str(clone)], cwd=REPO)
-    for pattern in GIT_TRACKED_OUTPUTS:
-        for file in pushed.glob(pattern):
-            target = clone / file.relative_to(pushed)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(file, target)
+    tracked = git_tracked_outputs(pushed)
+    assert {"dvc.lock", "metrics/modernbert-xtr.json", "plots/neobert-splade/loss.csv"} <= {
+        f.relative_to(pushed).as_posix() for f in tracked
+    }
+    for file in tracked:
+        target = clone / file.relative_to(pushed)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(file, target)
     assert not (clone / "models").exists()
     configure_remote(clone, s3_env)
     run(["dvc", "pull"], cwd=clone, env=s3_env)

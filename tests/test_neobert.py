@@ -152,3 +152,19 @@ def test_sparse_encoder_on_neobert_encodes_and_reloads_with_the_stock_loader(tmp
     model.save_pretrained(str(tmp_path / "splade"))
     reloaded = SparseEncoder(str(tmp_path / "splade"))
     torch.testing.assert_close(reloaded.encode(texts, convert_to_tensor=True).to_dense(), dense)
+
+
+def test_import_retrievers_registers_neobert_without_importing_transformers_itself():
+    """`import retrievers` stays cheap (no transformers) yet Auto classes know NeoBERT once transformers loads."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, retrievers; loaded = 'transformers' in sys.modules\n"
+        "from transformers import AutoConfig, AutoModelForMaskedLM\n"
+        "config = AutoConfig.for_model('neobert', hidden_size=16, num_hidden_layers=1, num_attention_heads=2,"
+        " intermediate_size=32, vocab_size=40)\n"
+        "print(loaded, type(AutoModelForMaskedLM.from_config(config)).__name__)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "NeoBERTLMHead"]

@@ -212,7 +212,11 @@ class NeoBERTLMHead(NeoBERTPreTrainedModel):
 
 
 def register() -> None:
-    """Make AutoConfig / AutoModel / AutoModelForMaskedLM resolve ``model_type: neobert`` to these classes."""
+    """Make AutoConfig / AutoModel / AutoModelForMaskedLM resolve ``model_type: neobert`` to these classes
+    (done on import of this module, which ``import retrievers`` arranges once transformers is imported)."""
     AutoConfig.register("neobert", NeoBERTConfig, exist_ok=True)
     AutoModel.register(NeoBERTConfig, NeoBERT, exist_ok=True)
     AutoModelForMaskedLM.register(NeoBERTConfig, NeoBERTLMHead, exist_ok=True)
+
+
+register()
