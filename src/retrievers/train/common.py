@@ -127,8 +127,8 @@ def launch_torchrun(phase_key: str, nproc_per_node: int) -> None:
            "stages/train.py", phase_key]
     logger.info("launching %s", " ".join(cmd[1:]))
     result = subprocess.run(cmd)
-    if result.returncode != 0:
-        raise RuntimeError(f"torchrun for train@{phase_key} exited with status {result.returncode} (ranks' logs above)")
+    if result.returncode != 0:  # the ranks printed their own errors; end with one line, not a second traceback
+        sys.exit(f"train@{phase_key}: error: torchrun exited with status {result.returncode} (ranks' logs above)")
 
 
 def average_loss_gradients(loss, model) -> None:
