@@ -53,14 +53,12 @@ def resolve_checkpoint(params: Params, model_key: str, spec: str | None) -> Chec
 def card_metrics(checkpoint: Path) -> dict[str, float]:
     """The card's model-index as flat evaluator keys ('NanoSciFact_dot_ndcg@10', 'NanoBEIR_mean_...')."""
     from huggingface_hub import metadata_load
-    from huggingface_hub.repocard_data import model_index_to_eval_results
+
+    from retrievers.cards.published import flat_metrics
 
     readme = checkpoint / "README.md"
     model_index = (metadata_load(readme) or {}).get("model-index") if readme.exists() else None
-    if not model_index:
-        return {}
-    _, results = model_index_to_eval_results(model_index)
-    return {f"{r.dataset_type}_{r.metric_type}": float(r.metric_value) for r in results}
+    return flat_metrics([result for entry in model_index or [] for result in entry["results"]])
 
 
 def compare(measured: dict[str, float], reported: dict[str, float]) -> list[dict]:
