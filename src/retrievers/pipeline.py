@@ -56,8 +56,8 @@ def evaluate(params: Params, model_key: str) -> None:
 
 
 def _source_description(params: Params, folder: str) -> str:
-    kind, _, key = folder.partition("/")
-    if kind != "data":
+    top, _, key = folder.partition("/")
+    if top != "data":
         return folder
     record_file = paths.source_dir(key) / "SOURCE.json"
     record = json.loads(record_file.read_text()) if record_file.exists() else {}
@@ -85,8 +85,8 @@ CARD_VERSIONS = ("torch", "transformers", "sentence-transformers", "pylate", "da
 
 def _hub_repo_id(params: Params, folder: str) -> str | None:
     """The Hub repository behind ``data/<source>`` (None for local folders and ``models/`` paths)."""
-    kind, _, key = folder.partition("/")
-    hub = params.sources[key].hub if kind == "data" else None
+    top, _, key = folder.partition("/")
+    hub = params.sources[key].hub if top == "data" else None
     return hub.repo_id if hub else None
 
 
