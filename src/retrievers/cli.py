@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from retrievers.errors import CLIError, RetrieversError
+from retrievers.errors import CLIError, exit_on_user_error
 from retrievers.hub import fetch
 from retrievers.search import build_index, encode, load, read_records, search_index
 
@@ -28,11 +28,7 @@ app = typer.Typer(
 
 
 def _run(body):
-    try:
-        return body()
-    except RetrieversError as error:
-        typer.echo(f"retrievers: error: {error}", err=True)
-        raise typer.Exit(1) from None
+    return exit_on_user_error("retrievers", body)
 
 
 @app.command()

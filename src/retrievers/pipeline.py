@@ -14,6 +14,7 @@ import yaml
 
 from retrievers import models, paths, tracking
 from retrievers.config import ConfigError, Params, flatten, load_params
+from retrievers.errors import exit_on_user_error
 from retrievers.io import write_json_atomic, write_text_atomic
 
 logger = logging.getLogger("retrievers")
@@ -183,9 +184,6 @@ def release(params: Params, model_key: str) -> None:
     release_model(params, model_key)
 
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
-
-
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
@@ -196,8 +194,6 @@ def stage_main(run: Callable[[Params, str], None], argv: list[str] | None = None
     whose Hub push (off unless models.<model>.release.hub.push) needs huggingface_hub online."""
     if run not in (download, release):
         os.environ.update(OFFLINE_ENV)
-    from retrievers.errors import DownloadError, KDDataError, ReleaseError
-
     argv = sys.argv[1:] if argv is None else argv
     name = Path(sys.argv[0]).stem
     if len(argv) != 1:
@@ -205,8 +201,4 @@ def stage_main(run: Callable[[Params, str], None], argv: list[str] | None = None
     logging.basicConfig(
         level=os.environ.get("RETRIEVERS_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
-    errors: tuple[type[BaseException], ...] = (*USER_ERRORS, DownloadError, KDDataError, ReleaseError)
-    try:
-        run(load_params(), argv[0])
-    except errors as error:
-        sys.exit(f"{name}@{argv[0]}: error: {error}")
+    exit_on_user_error(f"{name}@{argv[0]}", lambda: run(load_params(), argv[0]))

@@ -13,13 +13,13 @@ import argparse
 import filecmp
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from retrievers.config import ConfigError, parse_params
+from retrievers.errors import exit_on_user_error
 
 # Pipeline outputs and state that a workspace makes for itself.
 NOT_SYNCED_PREFIXES = (
@@ -122,10 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("profile")
     parser.add_argument("workspace", type=Path)
     args = parser.parse_args(argv)
-    try:
-        sync_workspace(Path.cwd(), args.workspace, args.profile)
-    except ConfigError as error:
-        sys.exit(f"error: {error}")
+    exit_on_user_error("profile", lambda: sync_workspace(Path.cwd(), args.workspace, args.profile))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from types import ModuleType
 
-from retrievers.errors import CLIError
+from retrievers.errors import CLIError, ConfigError
 
 KINDS = ("colbert", "splade")
 RECIPE_KIND = {"xtr-contrastive": "colbert", "xtr-distillation": "colbert", "splade": "splade"}
@@ -26,7 +26,7 @@ EVALUATOR_KIND = {"pylate-nanobeir": "colbert", "sparse-nanobeir": "splade"}
 def kind_module(kind: str) -> ModuleType:
     """The module of a kind (``colbert`` or ``splade``)."""
     if kind not in KINDS:
-        raise ValueError(f"unknown model kind {kind!r}; known kinds: {', '.join(KINDS)}")
+        raise ConfigError(f"unknown model kind {kind!r}; known kinds: {', '.join(KINDS)}")
     return importlib.import_module(f"retrievers.models.{kind}")
 
 

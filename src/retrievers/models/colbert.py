@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from retrievers.config import ColBERTConfig
+from retrievers.errors import MissingInputError
 
 KIND = "colbert"
 ARCHITECTURE_NAME = "ColBERT"  # the repr of the libraries' model object, as the published cards print it
@@ -169,7 +170,7 @@ def _local_evaluator_class():
 def _check_sets(names: list[str], available: dict[str, str], root: Path) -> None:
     missing = [n for n in names if n not in available]
     if missing:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{root}: no local copy of NanoBEIR set(s) {missing}; add them to the source's "
             "members in params.yaml or drop them from evaluation.datasets"
         )

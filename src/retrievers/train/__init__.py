@@ -7,6 +7,7 @@ from pathlib import Path
 
 from retrievers import models, paths, tracking
 from retrievers.config import Params
+from retrievers.errors import MissingInputError
 from retrievers.io import atomic_dir
 from retrievers.train.common import (
     average_loss_gradients,
@@ -28,7 +29,7 @@ def _build(phase, params: Params, phase_key: str):
     init, data, output = Path(phase.init), Path(phase.data), paths.checkpoint_dir(phase_key)
     for folder in (init, data):
         if not folder.exists():
-            raise FileNotFoundError(f"{folder} does not exist; run `dvc repro` so its stage produces it first")
+            raise MissingInputError(f"{folder} does not exist; run `dvc repro` so its stage produces it first")
     return models.for_phase(phase).trainer(phase, init, data, output, params.seed)
 
 

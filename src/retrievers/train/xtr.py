@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from retrievers.config import XTRContrastivePhase, XTRDistillationPhase
+from retrievers.errors import DataError
 from retrievers.models.colbert import build_colbert
 
 
@@ -19,7 +20,7 @@ def contrastive_trainer(phase: XTRContrastivePhase, init: Path, data: Path, args
     train = load_dataset(str(data), split="train")
     missing = {"query", "positive", "negative"} - set(train.column_names)
     if missing:
-        raise ValueError(f"{data}: triplets need columns query, positive, negative; missing {sorted(missing)}")
+        raise DataError(f"{data}: triplets need columns query, positive, negative; missing {sorted(missing)}")
     if phase.max_train_samples is not None:
         train = train.select(range(min(phase.max_train_samples, len(train))))
     loss = LearnableTemperatureContrastive(
