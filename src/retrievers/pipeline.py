@@ -9,7 +9,9 @@ import sys
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
+from typing import Annotated
 
+import typer
 import yaml
 
 from retrievers import models, paths, tracking
@@ -194,11 +196,13 @@ def stage_main(run: Callable[[Params, str], None], argv: list[str] | None = None
     whose Hub push (off unless models.<model>.release.hub.push) needs huggingface_hub online."""
     if run not in (download, release):
         os.environ.update(OFFLINE_ENV)
-    argv = sys.argv[1:] if argv is None else argv
     name = Path(sys.argv[0]).stem
-    if len(argv) != 1:
-        sys.exit(f"usage: python stages/{name}.py <key>")
-    logging.basicConfig(
-        level=os.environ.get("RETRIEVERS_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(levelname)s %(message)s"
-    )
-    exit_on_user_error(f"{name}@{argv[0]}", lambda: run(load_params(), argv[0]))
+
+    def command(key: Annotated[str, typer.Argument(help="the stage key (a key of sources, phases or models)")]) -> None:
+        logging.basicConfig(level=os.environ.get("RETRIEVERS_LOG_LEVEL", "INFO"),
+                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        exit_on_user_error(f"{name}@{key}", lambda: run(load_params(), key))
+
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command(help=(run.__doc__ or name).split("\n")[0])(command)
+    app(args=sys.argv[1:] if argv is None else argv, prog_name=f"python stages/{name}.py")
