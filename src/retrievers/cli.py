@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from retrievers import models
 from retrievers.errors import CLIError, exit_on_user_error
 from retrievers.hub import fetch
 from retrievers.search import build_index, encode, load, read_records, search_index
@@ -38,7 +39,13 @@ def download(
     out: Annotated[Path | None, typer.Option(help="copy the model into this folder")] = None,
 ):
     """Fetch a released model and print the local folder that holds it."""
-    typer.echo(_run(lambda: fetch(model, out)))
+
+    def body() -> Path:
+        folder = fetch(model, out)
+        models.folder_kind(folder)  # refuses a folder that is not a retriever model
+        return folder
+
+    typer.echo(_run(body))
 
 
 @app.command("encode")

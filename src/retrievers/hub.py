@@ -11,7 +11,6 @@ import re
 import shutil
 from pathlib import Path
 
-from retrievers import models
 from retrievers.config import HubRepo
 from retrievers.errors import CLIError, DownloadError
 
@@ -81,7 +80,6 @@ def fetch(spec: str, out: Path | None = None) -> Path:
     if out is not None:
         shutil.copytree(folder, out, dirs_exist_ok=True)
         folder = out
-    models.folder_kind(folder)
     return folder
 
 

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 import yaml
 
-from retrievers import models, paths, tracking
+from retrievers import paths, tracking
 from retrievers.config import ConfigError, Params, flatten, load_params
 from retrievers.errors import exit_on_user_error
 from retrievers.io import write_json_atomic, write_text_atomic
@@ -98,6 +98,7 @@ def _indented_json(data) -> str:
 
 
 def _phase_card_entry(params: Params, key: str, phase) -> dict:
+    from retrievers import models
     from retrievers.cards.arguments import card_hyperparameters_of
 
     non_default, everything = card_hyperparameters_of(params, key)
@@ -134,6 +135,7 @@ def _evaluation_datasets(params: Params, model_key: str, metrics: dict) -> dict[
 def card(params: Params, model_key: str) -> None:
     """Render the card from files alone (no model load, no MLflow: release logs the card to the run), and the
     Hub's ``.eval_results`` entries beside it."""
+    from retrievers import models
     from retrievers.cards import describe_architecture, eval_result_entries, render_card
 
     model = _model(params, model_key)
@@ -176,6 +178,8 @@ def card(params: Params, model_key: str) -> None:
 
 
 def _dataset_size(params: Params, phase) -> int | None:
+    from retrievers import models
+
     return models.for_phase(phase).dataset_size(phase)
 
 
