@@ -7,7 +7,6 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 from typing import Annotated
 
@@ -82,10 +81,6 @@ def _dvc_lock_hashes() -> dict[str, str]:
     }
 
 
-CARD_VERSIONS = ("torch", "transformers", "sentence-transformers", "pylate", "datasets", "tokenizers",
-                 "huggingface-hub")
-
-
 def _hub_repo_id(params: Params, folder: str) -> str | None:
     """The Hub repository behind ``data/<source>`` (None for local folders and ``models/`` paths)."""
     top, _, key = folder.partition("/")
@@ -97,25 +92,28 @@ def _indented_json(data) -> str:
     return json.dumps(data, indent=2).replace("\n", "\n  ")
 
 
-def _phase_card_entry(params: Params, key: str, phase) -> dict:
-    from retrievers import models
-    from retrievers.cards.arguments import card_hyperparameters_of
+def _described_source(record: dict, folder: str) -> str:
+    """'repo_id@commit' of a Hub source as its SOURCE.json recorded it at training time, else the local path."""
+    if "repo_id" in record:
+        return f"{record['repo_id']}@{record.get('resolved_sha', record['revision'])}"
+    return record.get("path", folder)
 
-    non_default, everything = card_hyperparameters_of(params, key)
-    loss_name, loss_parameters = models.for_phase(phase).loss_description(phase)
-    size = _dataset_size(params, phase)
+
+def _phase_card_entry(params: Params, record: dict) -> dict:
+    """One phase of the card, from what train@ recorded (models/<phase>/training_record.json)."""
+    data = record["data"]
     return {
-        "key": key,
-        "recipe": phase.recipe,
-        "init": phase.init,
-        "dataset": _source_description(params, phase.data),
-        "size": "the whole dataset" if size is None else models.for_phase(phase).size_text(phase, size),
-        "loss_name": loss_name,
-        "loss_parameters": _indented_json(loss_parameters),
-        "recipe_settings": {k: v for k, v in flatten(phase).items()
+        "key": record["phase"],
+        "recipe": record["recipe"],
+        "init": record["init"],
+        "dataset": _described_source(data["source"], data["folder"]),
+        "size": f"{data['train_samples']:,} training samples ({data['steps']:,} steps)",
+        "loss_name": record["loss"]["class"],
+        "loss_parameters": _indented_json(record["loss"]["config"]),
+        "recipe_settings": {k: v for k, v in flatten(params.phases[record["phase"]]).items()
                             if not k.startswith("args.") and k not in ("recipe", "model", "init", "data")},
-        "non_default": non_default,
-        "all": everything,
+        "non_default": record["non_default_trainer_arguments"],
+        "all": record["trainer_arguments"],
     }
 
 
@@ -137,6 +135,7 @@ def card(params: Params, model_key: str) -> None:
     Hub's ``.eval_results`` entries beside it."""
     from retrievers import models
     from retrievers.cards import describe_architecture, eval_result_entries, render_card
+    from retrievers.train.record import read_records
 
     model = _model(params, model_key)
     kind = models.for_model(model)
@@ -149,6 +148,7 @@ def card(params: Params, model_key: str) -> None:
         for phase in phases for folder in (phase.init, phase.data) if folder.startswith("data/")
     }
     model_dir = paths.model_dir(model_key)
+    records = read_records(model_dir)
     metrics = json.loads(paths.metrics_file(model_key).read_text())
     context = {
         "repo_id": model.hub_repo_id,
@@ -161,8 +161,8 @@ def card(params: Params, model_key: str) -> None:
         "evaluator_name": kind.EVALUATOR_NAME,
         "per_set_evaluator": kind.PER_SET_EVALUATOR,
         "evaluator_config": _indented_json({"dataset_names": model.evaluation.datasets}),
-        "phases": [_phase_card_entry(params, k, p) for k, p in zip(chain, phases, strict=True)],
-        "versions": {"python": sys.version.split()[0]} | {name: metadata.version(name) for name in CARD_VERSIONS},
+        "phases": [_phase_card_entry(params, record) for record in records],
+        "versions": records[-1]["versions"],  # as train@ recorded them
         "provenance": {
             "git_commit": tracking.base_tags(params, "card")["git_commit"],
             "mlflow_run_id": json.loads(paths.run_record(model_key).read_text())["run_id"],
@@ -170,17 +170,12 @@ def card(params: Params, model_key: str) -> None:
         },
     }
     training_repos = sorted({r for p in phases if (r := _hub_repo_id(params, p.data))})
-    text = render_card(model_key, model, context, metrics,
-                       _hub_repo_id(params, first.init), training_repos, _dataset_size(params, final))
+    loss_tags = list(dict.fromkeys(f"loss:{name}" for record in records for name in record["loss_classes"]))
+    text = render_card(model_key, model, context, metrics, _hub_repo_id(params, first.init), training_repos,
+                       records[-1]["data"]["train_samples"], loss_tags)
     entries = eval_result_entries(metrics, _evaluation_datasets(params, model_key, metrics))
     write_text_atomic(paths.eval_results_file(model_key), yaml.safe_dump(entries, sort_keys=False))
     write_text_atomic(paths.card_file(model_key), text)
-
-
-def _dataset_size(params: Params, phase) -> int | None:
-    from retrievers import models
-
-    return models.for_phase(phase).dataset_size(phase)
 
 
 def release(params: Params, model_key: str) -> None:
