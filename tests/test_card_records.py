@@ -63,7 +63,7 @@ def test_a_margin_mse_splade_phase_gets_a_card_naming_that_loss_with_its_paramet
                                                                         "NanoBEIR_mean_dot_ndcg@10": 0.5}))
     card(params, PHASE)
     text = (root / "model_cards" / PHASE / "README.md").read_text()
-    assert "loss:SparseMarginMSELoss" in text and "loss:SpladeLoss" in text
+    assert "loss:SparseMarginMSELoss" in text and "loss:SpladeLoss" in text and "loss:FlopsLoss" in text
     assert "SparseMultipleNegativesRankingLoss" not in text  # nothing hand-written about the card's usual loss
     assert "`sentence_transformers.sparse_encoder.losses.SpladeLoss.SpladeLoss`" in text
     assert inner["class"] in text and '"query_regularizer_weight": 0.0001' in text

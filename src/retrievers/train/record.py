@@ -57,12 +57,12 @@ def describe(obj: Any, depth: int = 0, seen: frozenset[int] = frozenset()) -> di
     return {"class": class_name(obj), "config": {k: _value(v, depth, seen) for k, v in config.items()}}
 
 
-def loss_classes(described: dict[str, Any]) -> list[str]:
-    """The loss's class and the class of the loss it wraps (SpladeLoss -> its ``loss``), short names: the
-    ``loss:<Class>`` tags sentence-transformers gives its cards."""
-    names = [described["class"].rsplit(".", 1)[-1]]
-    inner = described["config"].get("loss")
-    return names + (loss_classes(inner) if isinstance(inner, dict) and "class" in inner else [])
+def loss_classes(loss) -> list[str]:
+    """The loss's class and those of the losses it uses (SpladeLoss -> its loss and FlopsLoss regularizers), found
+    as sentence-transformers finds them for its cards' ``loss:<Class>`` tags (``model_card.get_losses``)."""
+    from sentence_transformers.model_card import get_losses
+
+    return list(dict.fromkeys(type(part).__name__ for part in get_losses(loss)))
 
 
 def trainer_arguments(trainer) -> dict[str, Any]:
@@ -95,7 +95,7 @@ def training_record(phase_key: str, phase, trainer, init: Path, data: Path) -> d
         "data": {"folder": str(data), "source": _source(data), "train_samples": len(trainer.train_dataset),
                  "steps": trainer.state.global_step},
         "loss": loss,
-        "loss_classes": loss_classes(loss),
+        "loss_classes": loss_classes(trainer.loss),
         "trainer_arguments": arguments,
         "non_default_trainer_arguments": {k: v for k, v in arguments.items() if defaults.get(k, object()) != v},
         "versions": {"python": sys.version.split()[0]} | {name: metadata.version(name) for name in VERSIONS},
