@@ -99,16 +99,21 @@ def _loss(phase) -> tuple[str, dict]:
             "query_regularizer_weight": phase.query_regularizer_weight,
             "regularizer_warmup_ratio": phase.regularizer_warmup_ratio,
         }
-    common = {"temperature": phase.temperature, "learnable_temperature": phase.learnable_temperature}
+    common = {
+        "temperature": phase.temperature,
+        "learnable_temperature": phase.learnable_temperature,
+        **({"temperature_parameter": "model.learnable_temperature"} if phase.learnable_temperature else {}),
+    }
     if phase.recipe == "xtr-contrastive":
-        return "retrievers.losses.LearnableTemperatureContrastive (pylate.losses.Contrastive)", {
+        return "pylate.losses.Contrastive", {
             "score_metric": f"pylate.scores.XTRScores(k={phase.k_train})",
             **common,
             "gather_across_devices": phase.gather_across_devices,
         }
-    return "retrievers.losses.LearnableTemperatureDistillation (pylate.losses.Distillation)", {
+    return "retrievers.losses.TemperatureDistillation (pylate.losses.Distillation)", {
         "score_metric": f"pylate.scores.XTRKDScores(k={phase.k_train})",
         **common,
+        "minmax_normalize_scores": phase.minmax_normalize_scores,
         "n_ways": phase.n_ways,
         "teacher_scores": phase.teacher_scores,
     }

@@ -65,12 +65,14 @@ def run_phase(params: Params, phase_key: str) -> Path | None:
     with trainer.args.main_process_first(local=False, desc="checkpoint preparation"):
         resume_from = prepare_checkpoints(params, phase_key)
     trainer.add_callback(loss_curve_callback(phase_key))
-    learnable_temperature = hasattr(trainer.loss, "log_temperature")
+    from retrievers.losses import temperature_parameter
+
+    temperature = temperature_parameter(trainer.loss)
     restored_temperature = None
-    if learnable_temperature:
-        trainer.add_callback(loss_state_callback(trainer.loss))
-        restored_temperature = restore_loss_state(trainer.loss, resume_from)
-        average_loss_gradients(trainer.loss, model)
+    if temperature is not None:
+        trainer.add_callback(loss_state_callback(temperature))
+        restored_temperature = restore_loss_state(temperature, resume_from)
+    average_loss_gradients(trainer.loss, model)
     if not trainer.is_world_process_zero():
         trainer.train(resume_from_checkpoint=resume_from)
         return None
@@ -82,8 +84,8 @@ def run_phase(params: Params, phase_key: str) -> Path | None:
         if restored_temperature is not None:
             mlflow.set_tag("resumed_temperature", repr(restored_temperature))
         trainer.train(resume_from_checkpoint=resume_from)
-        if learnable_temperature:
-            mlflow.log_metric("final_temperature", float(trainer.loss.temperature))
+        if temperature is not None:
+            mlflow.log_metric("final_temperature", float(temperature))
         target = paths.model_dir(phase_key)
         with atomic_dir(target) as scratch:
             model.save_pretrained(str(scratch))
