@@ -153,6 +153,7 @@ class TrainerArgs(Strict):
     dataloader_num_workers: int = 0
     batch_sampler: Literal["batch_sampler", "no_duplicates"] = "batch_sampler"
     optim: str = "adamw_torch"
+    use_cpu: bool = Field(False, description="train on the CPU even with a GPU (bf16 on CPU needs it: `make rehearse`)")
     ddp_find_unused_parameters: bool | None = False
     average_tokens_across_devices: bool = False
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from retrievers import paths, tracking
@@ -51,11 +52,12 @@ def _build(phase, params: Params, phase_key: str):
     raise TypeError(f"no trainer for recipe {type(phase).__name__}")
 
 
-def run_phase(params: Params, phase_key: str) -> Path | None:
+def run_phase(params: Params, phase_key: str, callbacks: Sequence = ()) -> Path | None:
     """Train one phase into models/<phase_key>; an MLflow run records params, per-step loss and tags.
 
     With ``nproc_per_node`` above 1 the stage relaunches itself under torchrun; every rank trains (DDP) and
-    only rank 0 writes the model, the MLflow run and runs/<phase>.json."""
+    only rank 0 writes the model, the MLflow run and runs/<phase>.json. ``callbacks`` are extra TrainerCallbacks
+    (the full-size rehearsal times steps with one)."""
     phase = phase_of(params, phase_key)
     if phase.nproc_per_node > 1 and not prepare_torchrun_rank():
         launch_torchrun(phase_key, phase.nproc_per_node)
@@ -65,6 +67,8 @@ def run_phase(params: Params, phase_key: str) -> Path | None:
     with trainer.args.main_process_first(local=False, desc="checkpoint preparation"):
         resume_from = prepare_checkpoints(params, phase_key)
     trainer.add_callback(loss_curve_callback(phase_key))
+    for callback in callbacks:
+        trainer.add_callback(callback)
     from retrievers.losses import temperature_parameter
 
     temperature = temperature_parameter(trainer.loss)
