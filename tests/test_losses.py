@@ -235,6 +235,14 @@ def test_temperature_is_registered_and_optimised_as_the_fork_does(tiny_colbert, 
     assert any(p is dense_weight for p in group["params"])  # the same group as the model's weight matrices
     assert (group["lr"], group["weight_decay"]) == (3e-5, 0.01)
     assert sum(p is temperature for g in optimizer.param_groups for p in g["params"]) == 1
+    # The smoke profile gives the temperature its published rate with sentence-transformers' learning_rate_mapping.
+    args = SentenceTransformerTrainingArguments(output_dir=str(tmp_path), learning_rate=3e-3, report_to=[],
+                                                use_cpu=True, learning_rate_mapping={"temperature": 3e-5})
+    trainer = SentenceTransformerTrainer(model=tiny_colbert, args=args, train_dataset=data, loss=loss,
+                                         data_collator=utils.ColBERTCollator(tiny_colbert.tokenize))
+    groups = trainer.create_optimizer().param_groups
+    assert [g["lr"] for g in groups if any(p is temperature for p in g["params"])] == [3e-5]
+    assert all(g["lr"] == 3e-3 for g in groups if any(p is dense_weight for p in g["params"]))
     assert register_temperature(tiny_colbert, 0.05, learnable=False) == 0.05
 
 

@@ -36,14 +36,20 @@ def test_rehearsal_changes_only_batch_steps_and_what_the_cpu_cannot_do():
 @pytest.mark.slow
 def test_every_published_phase_takes_a_step_at_full_size(tmp_path):
     out = tmp_path / "rehearsal.json"
+    # One change beyond the rehearsal's own, to fit CI: KD phases score 2 documents per query, not 16 (PyLate pads
+    # each to 512 tokens; 16 need ~11 GiB on CPU). `make rehearse` keeps the published n_ways.
+    params = load_params(REPO / "params.yaml")
+    fewer_ways = [f"phases.{key}.n_ways=2" for key, phase in params.phases.items()
+                  if phase.recipe == "xtr-distillation"]
     command = [sys.executable, "-m", "retrievers.rehearse", "--workdir", str(tmp_path / "ws"), "--steps", "1",
                "--batch-size", "1", "--short-texts", "--json", str(out)]
+    command += [arg for override in fewer_ways for arg in ("--override", override)]
     import os
 
     result = subprocess.run(command, cwd=REPO, env=os.environ | OFFLINE_ENV, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-4000:]
     measured = {r["phase"]: r for r in json.loads(out.read_text())}
-    assert list(measured) == list(load_params(REPO / "params.yaml").phases)
+    assert list(measured) == list(params.phases)
     for phase, r in measured.items():
         assert r["steps"] == 1 and r["peak_memory_bytes"] > 0, phase
     # Built at the published sizes: ModernBERT-base (22 x 768, vocab 50368) and NeoBERT (28 x 768, vocab 30522).

@@ -153,6 +153,9 @@ class TrainerArgs(Strict):
     dataloader_num_workers: int = 0
     batch_sampler: Literal["batch_sampler", "no_duplicates"] = "batch_sampler"
     optim: str = "adamw_torch"
+    learning_rate_mapping: dict[str, float] = Field(
+        default_factory=dict, description="parameter-name regex -> its own learning rate (sentence-transformers)"
+    )
     use_cpu: bool = Field(False, description="train on the CPU even with a GPU (bf16 on CPU needs it: `make rehearse`)")
     ddp_find_unused_parameters: bool | None = False
     average_tokens_across_devices: bool = False

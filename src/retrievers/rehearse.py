@@ -15,7 +15,11 @@ sequence lengths (``--short-texts``: a few words, for CI). Each phase is a fresh
 its own: CUDA's peak allocation, or the process's peak RSS on CPU. Any error a published run would hit (a bad
 argument, a dtype mismatch, a missing column, an optimizer refusing a parameter) ends the rehearsal with status 1.
 
-    python -m retrievers.rehearse [--steps 3] [--batch-size 2] [--workdir build/rehearse] [--json out.json]
+    python -m retrievers.rehearse [--steps 3] [--batch-size 1] [--workdir build/rehearse] [--json out.json]
+
+PyLate pads every ColBERT text to its maximum length (query 32, document 512), so the XTR phases run at their
+full lengths whatever the text; the distillation phase at batch 1 (16 documents of 512 tokens) peaks at about
+11 GiB of RSS on CPU. ``--override KEY=VALUE`` changes one more value (the CI test lowers n_ways that way).
 """
 
 from __future__ import annotations
@@ -188,9 +192,19 @@ def write_sources(params: Params, data: Path, rows: dict[str, int], short_texts:
 
 
 # ------------------------------------------------------------------------------------------ rehearsal params
-def rehearsal_params(raw: dict[str, Any], steps: int, batch_size: int, cuda: bool, compile_on_cpu: bool) -> dict:
-    """params.yaml with each phase's arguments changed only where a rehearsal must (the module docstring)."""
+def rehearsal_params(raw: dict[str, Any], steps: int, batch_size: int, cuda: bool, compile_on_cpu: bool,
+                     overrides: dict[str, Any] | None = None) -> dict:
+    """params.yaml with each phase's arguments changed only where a rehearsal must (the module docstring), plus
+    any explicit ``overrides`` (dotted key -> value, e.g. ``phases.modernbert-xtr.n_ways``)."""
     raw = json.loads(json.dumps(raw))
+    for dotted, value in (overrides or {}).items():
+        *parents, last = dotted.split(".")
+        node = raw
+        for part in parents:
+            node = node[part]
+        if last not in node:
+            raise KeyError(f"--override {dotted}: no such key in params.yaml")
+        node[last] = value
     for phase in raw["phases"].values():
         args = phase["args"]
         args.update(per_device_train_batch_size=batch_size, max_steps=steps, logging_steps=1)
@@ -277,7 +291,7 @@ def run_one_phase(phase_key: str) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------ the command
 def prepare(params_file: Path, workdir: Path, steps: int, batch_size: int, short_texts: bool, compile_on_cpu: bool,
-            cuda: bool) -> Params:
+            cuda: bool, overrides: dict[str, Any] | None = None) -> Params:
     """A fresh workspace: the rehearsal params.yaml and every source it reads under data/."""
     from retrievers.config import parse_params
 
@@ -286,7 +300,7 @@ def prepare(params_file: Path, workdir: Path, steps: int, batch_size: int, short
     if workdir.exists():
         shutil.rmtree(workdir)
     (workdir / "data").mkdir(parents=True)
-    rehearsal = rehearsal_params(raw, steps, batch_size, cuda, compile_on_cpu)
+    rehearsal = rehearsal_params(raw, steps, batch_size, cuda, compile_on_cpu, overrides)
     (workdir / "params.yaml").write_text(yaml.safe_dump(rehearsal, sort_keys=False))
     params = parse_params(rehearsal, str(workdir / "params.yaml"))
     write_sources(params, workdir / "data", _rows_needed(published, steps, batch_size), short_texts)
@@ -315,11 +329,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--workdir", type=Path, default=Path("build/rehearse"))
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=1, help="per device (XTR KD at 1, n_ways 16: ~11 GiB on CPU)")
     parser.add_argument("--phases", nargs="*", help="a subset of params.yaml's phases (default: all, in order)")
     parser.add_argument("--short-texts", action="store_true", help="a few words per text (CI), not the full lengths")
     parser.add_argument("--compile", action="store_true", help="keep torch_compile on a machine without CUDA")
     parser.add_argument("--json", type=Path, help="also write the measurements here")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=YAML",
+                        help="one more params.yaml change, e.g. phases.modernbert-xtr.n_ways=2 (printed)")
     parser.add_argument("--run-phase", help=argparse.SUPPRESS)  # internal: one phase, in the workspace
     args = parser.parse_args(argv)
     if args.run_phase:
@@ -332,7 +348,9 @@ def main(argv: list[str] | None = None) -> None:
 
     cuda = torch.cuda.is_available()
     published = load_params(args.params)
-    params = prepare(args.params, args.workdir, args.steps, args.batch_size, args.short_texts, args.compile, cuda)
+    overrides = {key: yaml.safe_load(value) for key, _, value in (o.partition("=") for o in args.override)}
+    params = prepare(args.params, args.workdir, args.steps, args.batch_size, args.short_texts, args.compile, cuda,
+                     overrides)
     env = os.environ | OFFLINE_ENV | {"MLFLOW_TRACKING_URI": f"sqlite:///{args.workdir.resolve()}/mlflow.db",
                                       "TOKENIZERS_PARALLELISM": "false"}
     results = []
@@ -351,7 +369,8 @@ def main(argv: list[str] | None = None) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     device = results[0]["device"] if results else "-"
     print(f"\nfull-size rehearsal on {device}: {args.steps} optimizer steps per phase, batch {args.batch_size}, "
-          f"{'short' if args.short_texts else 'full-length'} synthetic texts")
+          f"{'short' if args.short_texts else 'full-length'} synthetic texts"
+          + "".join(f"; {key} = {value!r}" for key, value in overrides.items()))
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     if args.json:
