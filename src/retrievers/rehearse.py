@@ -271,7 +271,8 @@ def run_one_phase(phase_key: str) -> dict[str, Any]:
     start = time.perf_counter()
     run_phase(params, phase_key, callbacks=[timer])
     args = params.phases[phase_key].args
-    peak = (torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    peak = torch.cuda.max_memory_allocated() if cuda else usage.ru_maxrss * 1024
     return {
         "phase": phase_key,
         "recipe": params.phases[phase_key].recipe,
@@ -280,6 +281,8 @@ def run_one_phase(phase_key: str) -> dict[str, Any]:
         "first_step_s": timer.seconds[0] if timer.seconds else None,
         "later_steps_mean_s": (sum(timer.seconds[1:]) / (len(timer.seconds) - 1)) if len(timer.seconds) > 1 else None,
         "phase_total_s": time.perf_counter() - start,
+        # The whole process's CPU time (set-up included): on a shared machine, the figure that load does not inflate.
+        "process_cpu_s": usage.ru_utime + usage.ru_stime,
         "peak_memory_bytes": peak,
         "peak_memory_kind": "CUDA max allocated" if cuda else "process peak RSS",
         "precision": "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32",
@@ -321,7 +324,7 @@ def _describe(result: dict[str, Any], published: Params) -> list[str]:
 
     return [result["phase"], result["recipe"], f"{result['batch_size']} x GA {result['gradient_accumulation_steps']}",
             str(result["steps"]), seconds(result["first_step_s"]), seconds(result["later_steps_mean_s"]),
-            f"{gib:.2f} GiB ({result['peak_memory_kind']})", precision, compiled]
+            seconds(result["process_cpu_s"]), f"{gib:.2f} GiB ({result['peak_memory_kind']})", precision, compiled]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -363,8 +366,8 @@ def main(argv: list[str] | None = None) -> None:
             sys.stderr.write(process.stdout[-5000:] + process.stderr[-20000:])
             sys.exit(f"rehearse: error: phase {key} failed (status {process.returncode}); its output is above")
         results.append(json.loads(lines[-1][len(RESULT_PREFIX):]))
-    header = ["phase", "recipe", "batch", "steps", "first step s", "later steps s/step", "peak memory", "precision",
-              "torch_compile"]
+    header = ["phase", "recipe", "batch", "steps", "first step s", "later steps s/step", "process CPU s",
+              "peak memory", "precision", "torch_compile"]
     rows = [header] + [_describe(r, published) for r in results]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     device = results[0]["device"] if results else "-"
