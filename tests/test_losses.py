@@ -65,7 +65,7 @@ TINY_COLBERT = dict(embedding_size=16, query_length=8, document_length=12)
 def tiny_colbert():
     """A fresh tiny ColBERT per test: register_temperature adds a parameter to the model it is given."""
     from retrievers.config import ColBERTConfig
-    from retrievers.train.xtr import build_colbert
+    from retrievers.models.colbert import build_colbert
 
     torch.manual_seed(0)
     return build_colbert(REPO / "fixtures" / "models" / "tiny-modernbert", ColBERTConfig(**TINY_COLBERT))
@@ -251,7 +251,7 @@ def test_phase_two_starts_afresh_and_a_checkpoint_loads_back(tiny_colbert, tmp_p
     one at its own initial value. Loading a checkpoint back into a model with a temperature (the trainer's
     resume, strict) keeps the temperature and raises nothing."""
     from retrievers.config import ColBERTConfig
-    from retrievers.train.xtr import build_colbert
+    from retrievers.models.colbert import build_colbert
 
     temperature = register_temperature(tiny_colbert, 0.05, learnable=True)
     with torch.no_grad():

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from retrievers.config import load_params
-from retrievers.rehearse import rehearsal_params
+from tools.rehearse import rehearsal_params
 
 from .conftest import OFFLINE_ENV, REPO
 
@@ -22,15 +22,15 @@ def test_rehearsal_changes_only_batch_steps_and_what_the_cpu_cannot_do():
         changed = {k: (v, rehearsal["phases"][key]["args"].get(k)) for k, v in phase["args"].items()
                    if rehearsal["phases"][key]["args"].get(k) != v}
         allowed = {"per_device_train_batch_size", "max_steps", "logging_steps", "save_steps", "fp16", "bf16",
-                   "torch_compile"}
+                   "torch_compile", "use_cpu"}
         assert set(changed) <= allowed, (key, changed)
         assert {k: v for k, v in phase.items() if k != "args"} == {
             k: v for k, v in rehearsal["phases"][key].items() if k != "args"}, key
     on_gpu = rehearsal_params(raw, steps=2, batch_size=1, cuda=True, compile_on_cpu=False)
     for key, phase in raw["phases"].items():  # CUDA: the published precision and compile
         args = on_gpu["phases"][key]["args"]
-        assert (args.get("fp16"), args.get("bf16"), args.get("torch_compile")) == (
-            phase["args"].get("fp16"), phase["args"].get("bf16"), phase["args"].get("torch_compile"))
+        keys = ("fp16", "bf16", "torch_compile", "use_cpu")
+        assert [args.get(k) for k in keys] == [phase["args"].get(k) for k in keys]
 
 
 @pytest.mark.slow
@@ -41,7 +41,7 @@ def test_every_published_phase_takes_a_step_at_full_size(tmp_path):
     params = load_params(REPO / "params.yaml")
     fewer_ways = [f"phases.{key}.n_ways=2" for key, phase in params.phases.items()
                   if phase.recipe == "xtr-distillation"]
-    command = [sys.executable, "-m", "retrievers.rehearse", "--workdir", str(tmp_path / "ws"), "--steps", "1",
+    command = [sys.executable, "-m", "tools.rehearse", "--workdir", str(tmp_path / "ws"), "--steps", "1",
                "--batch-size", "1", "--short-texts", "--json", str(out)]
     command += [arg for override in fewer_ways for arg in ("--override", override)]
     import os

@@ -15,7 +15,7 @@ sequence lengths (``--short-texts``: a few words, for CI). Each phase is a fresh
 its own: CUDA's peak allocation, or the process's peak RSS on CPU. Any error a published run would hit (a bad
 argument, a dtype mismatch, a missing column, an optimizer refusing a parameter) ends the rehearsal with status 1.
 
-    python -m retrievers.rehearse [--steps 3] [--batch-size 1] [--workdir build/rehearse] [--json out.json]
+    python -m tools.rehearse [--steps 3] [--batch-size 1] [--workdir build/rehearse] [--json out.json]
 
 PyLate pads every ColBERT text to its maximum length (query 32, document 512), so the XTR phases run at their
 full lengths whatever the text; the distillation phase at batch 1 (16 documents of 512 tokens) peaks at about
@@ -40,7 +40,7 @@ import yaml
 
 from retrievers.config import Params, SpladePhase, XTRContrastivePhase, XTRDistillationPhase, load_params
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 FULL_SIZE = REPO / "fixtures" / "full-size"
 RESULT_PREFIX = "REHEARSAL-RESULT "
 
@@ -61,7 +61,7 @@ def write_base_model(spec_file: Path, out: Path) -> None:
     from transformers import AutoConfig, AutoModelForMaskedLM
 
     import retrievers  # noqa: F401  # registers the native NeoBERT with the Auto classes
-    from retrievers.data.fixture import save_wordpiece_tokenizer
+    from tools.fixture import save_wordpiece_tokenizer
 
     spec = json.loads(spec_file.read_text())
     out.mkdir(parents=True, exist_ok=True)
@@ -93,7 +93,7 @@ class TextSampler:
 
 
 def write_triplets(sampler: TextSampler, out: Path, rows: int) -> None:
-    from retrievers.data.fixture import _dataset_readme, _write_parquet
+    from tools.fixture import _dataset_readme, _write_parquet
 
     table = {"query": [sampler.query() for _ in range(rows)], "positive": [sampler.document() for _ in range(rows)],
              "negative": [sampler.document() for _ in range(rows)]}
@@ -104,7 +104,7 @@ def write_triplets(sampler: TextSampler, out: Path, rows: int) -> None:
 
 def write_kd_dataset(sampler: TextSampler, out: Path, rows: int, scored: int, n_documents: int) -> None:
     """The ms-marco-en-bge-gemma layout (queries, documents, train, train_unormalized), random teacher scores."""
-    from retrievers.data.fixture import _dataset_readme, _write_parquet
+    from tools.fixture import _dataset_readme, _write_parquet
 
     rng = random.Random(1)
     document_ids = list(range(1000, 1000 + n_documents))
@@ -125,7 +125,7 @@ def write_kd_dataset(sampler: TextSampler, out: Path, rows: int, scored: int, n_
 
 def write_nano_set(sampler: TextSampler, out: Path, splits: list[str], n_docs: int = 20, n_queries: int = 5) -> None:
     """NanoBEIR layout (corpus, queries, qrels), one split per name (NanoBEIR-en) or split `train` (zeta-alpha)."""
-    from retrievers.data.fixture import _dataset_readme, _write_parquet
+    from tools.fixture import _dataset_readme, _write_parquet
 
     tables: dict[str, dict[str, str]] = {"corpus": {}, "queries": {}, "qrels": {}}
     for split in splits:
@@ -355,11 +355,12 @@ def main(argv: list[str] | None = None) -> None:
     params = prepare(args.params, args.workdir, args.steps, args.batch_size, args.short_texts, args.compile, cuda,
                      overrides)
     env = os.environ | OFFLINE_ENV | {"MLFLOW_TRACKING_URI": f"sqlite:///{args.workdir.resolve()}/mlflow.db",
-                                      "TOKENIZERS_PARALLELISM": "false"}
+                                      "TOKENIZERS_PARALLELISM": "false",
+                                      "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     results = []
     for key in args.phases or list(params.phases):
         print(f"rehearse: {key} ...", flush=True)
-        process = subprocess.run([sys.executable, "-m", "retrievers.rehearse", "--run-phase", key],
+        process = subprocess.run([sys.executable, "-m", "tools.rehearse", "--run-phase", key],
                                  cwd=args.workdir, env=env, capture_output=True, text=True)
         lines = [line for line in process.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
         if process.returncode != 0 or not lines:
