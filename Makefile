@@ -9,7 +9,7 @@ export PATH := $(CURDIR)/.venv/bin:$(HOME)/.local/bin:$(PATH)
 # Everything after download runs offline; the smoke profile's downloads are local folders.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: setup smoke test lint typecheck dvc-remote fixture hyperparameters published-metrics clean-smoke
+.PHONY: setup smoke test lint typecheck dvc-remote fixture hyperparameters published-metrics clean-smoke rehearse
 
 setup: .venv/.synced
 
@@ -43,6 +43,12 @@ dvc-remote: setup
 	cd $(DVC_DIR) && dvc remote add --local --force --default storage "$$DVC_REMOTE_URL"
 	@if [ -n "$${DVC_S3_ENDPOINT:-}" ]; then \
 	  cd $(DVC_DIR) && dvc remote modify --local storage endpointurl "$$DVC_S3_ENDPOINT"; fi
+
+## Every training phase of params.yaml at full size (published architectures and lengths, random weights, synthetic
+## text) for a few steps: seconds per step and peak memory per phase. REHEARSE_ARGS, e.g. --steps 5 --batch-size 4.
+REHEARSE_ARGS ?=
+rehearse: setup
+	$(OFFLINE) python -m tools.rehearse --workdir build/rehearse $(REHEARSE_ARGS)
 
 ## Published cards' hyperparameters next to what params.yaml gives the trainers.
 hyperparameters: setup

@@ -142,3 +142,26 @@ def test_phase_chain_follows_init_back_to_the_base_model():
     params = load_params(REPO / "params.yaml")
     assert params.phase_chain("modernbert-xtr") == ["modernbert-xtr-contrastive", "modernbert-xtr"]
     assert params.phase_chain("neobert-splade") == ["neobert-splade"]
+
+
+def test_hyperparameter_rows_name_their_source_and_differences_their_reason(tmp_path):
+    """Each row of the report cites a card line or a public file@commit, and a difference without a note in
+    model_cards/published/<model>.recipe.yaml stops the report."""
+    import shutil
+
+    from tools.hyperparameters import report
+
+    params = load_params(REPO / "params.yaml")
+    text = report(params, REPO / "model_cards" / "published")
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| `")]
+    assert rows and all(r[2].strip() for r in rows)
+    assert all(r[4] in ("same", "n/a") or r[5].strip(" |") for r in rows)
+    assert any("modernbert-xtr.card.txt:L2016" == r[2] for r in rows)  # max_steps 20000, the card's line
+    published = tmp_path / "published"
+    shutil.copytree(REPO / "model_cards" / "published", published)
+    recipe = published / "modernbert-xtr.recipe.yaml"
+    data = yaml.safe_load(recipe.read_text())
+    del data["card_notes"]["eval_strategy"]
+    recipe.write_text(yaml.safe_dump(data))
+    with pytest.raises(SystemExit, match="eval_strategy"):
+        report(params, published)

@@ -267,30 +267,34 @@ def _all_texts(root: Path) -> list[str]:
 def write_tokenizer(texts: list[str], out: Path) -> None:
     """A small uncased WordPiece tokenizer (the bert-base-uncased layout) whose vocabulary is every word of
     the fixture plus single characters, sorted, so that it is deterministic (the WordPiece trainer is not)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
     words = sorted({w for t in texts for w in t.lower().split()})
     chars = sorted({ch for w in words for ch in w})
     vocab_list = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + [f"##{c}" for c in chars] + words
     vocab_list = list(dict.fromkeys(vocab_list))  # one-letter words ("a") are also characters
-    tok = Tokenizer(models.WordPiece(vocab={w: i for i, w in enumerate(vocab_list)}, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    save_wordpiece_tokenizer(vocab_list, out)
+
+
+SPECIAL_TOKENS = {"unk_token": "[UNK]", "pad_token": "[PAD]", "cls_token": "[CLS]", "sep_token": "[SEP]",
+                  "mask_token": "[MASK]"}
+
+
+def save_wordpiece_tokenizer(vocab_list: list[str], out: Path, lowercase: bool = True, model_max_length: int = 512,
+                             special_tokens: dict[str, str] = SPECIAL_TOKENS) -> None:
+    """A BERT-style WordPiece tokenizer over exactly ``vocab_list`` (token i has id i), saved in the Hub layout."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(vocab={w: i for i, w in enumerate(vocab_list)},
+                                     unk_token=special_tokens["unk_token"]))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    cls, sep = special_tokens["cls_token"], special_tokens["sep_token"]
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+        single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
+        special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))],
     )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-        model_max_length=512,
-    )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=model_max_length, **special_tokens)
     fast.save_pretrained(out)
 
 

@@ -1,10 +1,19 @@
-"""Every training hyperparameter of a published card next to what params.yaml gives the trainer.
+"""Every training hyperparameter of a published recipe next to what params.yaml gives the trainer, with its source.
 
-The published cards' hyperparameter lists are extracted once into ``model_cards/published/<model>.yaml``
-(``--extract``, from the cards in ../shared/reference-cards) so that the comparison works in any clone.
-``--write``/``--check`` render ``model_cards/hyperparameters.md``. The "ours" column is read from the real
-``(Sentence|SparseEncoder)TrainingArguments`` object that ``train@<phase>`` builds, not from params.yaml
-directly, so defaults the trainer fills in are compared too (``retrievers.cards.arguments``).
+Two kinds of rows, both sourced from data, never from this code:
+
+* the published card's own hyperparameter list, extracted once into ``model_cards/published/<model>.yaml``
+  (``--extract``, from the cards in ../shared/reference-cards, with each value's line in the card) so that the
+  comparison works in any clone: each row cites ``<card>:L<line>``;
+* the recipe beyond the card (what the authors' public code does, and the phases the card does not describe),
+  written by hand in ``model_cards/published/<model>.recipe.yaml``: each row gives the published value and its
+  source (a card line, or a public ``file@commit``; ``unknown`` only where no public source answers), and a
+  ``note`` that explains a difference. The same file's ``card_notes`` explain the card rows that differ.
+
+``--write``/``--check`` render ``model_cards/hyperparameters.md``; a row that differs (or is unknown) without a
+note fails the render. The "ours" column is read from the real ``(Sentence|SparseEncoder)TrainingArguments``
+object that ``train@<phase>`` builds, not from params.yaml directly, so defaults the trainer fills in are compared
+too, plus each recipe's own settings (``recipe_settings``).
 A developer tool: ``python -m tools.hyperparameters`` (``make hyperparameters``).
 """
 
@@ -18,7 +27,7 @@ from typing import Any
 import yaml
 
 from retrievers.cards.arguments import trainer_hyperparameters
-from retrievers.config import Params, SpladePhase, load_params
+from retrievers.config import Params, SpladePhase, XTRContrastivePhase, XTRDistillationPhase, load_params
 
 PUBLISHED_DIR = Path("model_cards/published")
 
@@ -28,15 +37,21 @@ SECTIONS = ("All Hyperparameters", "Non-Default Hyperparameters")
 
 def card_hyperparameters(card_text: str) -> dict[str, str]:
     """The card's hyperparameter bullets: its 'All Hyperparameters' list if it has one, else 'Non-Default'."""
+    return {name: value for name, (value, _) in card_hyperparameter_lines(card_text).items()}
+
+
+def card_hyperparameter_lines(card_text: str) -> dict[str, tuple[str, int]]:
+    """name -> (value, 1-based line of the card) for the list :func:`card_hyperparameters` reads."""
+    lines = card_text.splitlines()
     for section in SECTIONS:
-        start = card_text.find(section)
-        if start < 0:
+        start = next((i for i, line in enumerate(lines) if section in line), None)
+        if start is None:
             continue
-        values: dict[str, str] = {}
-        for line in card_text[start:].splitlines()[1:]:
+        values: dict[str, tuple[str, int]] = {}
+        for number, line in enumerate(lines[start + 1 :], start=start + 2):
             match = BULLET.match(line)
             if match:
-                values[match.group(1)] = match.group(2)
+                values[match.group(1)] = (match.group(2), number)
             elif values and line.strip() and not line.strip().startswith(("Click", "</", "<")):
                 break
         if values:
@@ -54,15 +69,24 @@ def _same(card: str, ours: Any) -> bool:
         return card.strip("'\"") == text.strip("'\"")
 
 
+Row = tuple[str, str, str, str, str, str]  # name, published, source, ours, mark, note
+NOT_AN_ARGUMENT = "(not a trainer argument here)"
+NOT_AN_ARGUMENT_NOTE = "not an argument of this transformers version's TrainingArguments (removed or renamed)"
+
+
+def _plain(value: Any) -> str:
+    return str(value.value if hasattr(value, "value") else value)
+
+
 def comparison_rows(card_values: dict[str, str], ours: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(name, card value, ours, same | differs | n/a) for each hyperparameter the card lists."""
     rows = []
     for name, card_value in card_values.items():
         if name in ours:
             value = ours[name]
-            mark = "same" if _same(card_value, value) else "differs"
-            rows.append((name, card_value, str(value.value if hasattr(value, "value") else value), mark))
+            rows.append((name, card_value, _plain(value), "same" if _same(card_value, value) else "differs"))
         else:
-            rows.append((name, card_value, "(not a trainer argument here)", "n/a"))
+            rows.append((name, card_value, NOT_AN_ARGUMENT, "n/a"))
     return rows
 
 
@@ -105,18 +129,89 @@ def splade_recipe(phase: SpladePhase) -> dict[str, Any]:
     }
 
 
-def recipe_rows(published: dict[str, dict], ours: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    rows = []
+def _hub_id(params: Params, folder: str) -> str:
+    kind, _, key = folder.partition("/")
+    hub = params.sources[key].hub if kind == "data" else None
+    return hub.repo_id if hub else folder
+
+
+def xtr_recipe(params: Params, phase: XTRContrastivePhase | XTRDistillationPhase) -> dict[str, Any]:
+    """What an XTR train@<phase> does beyond TrainingArguments (losses, lengths, temperature), in the recipe's words."""
+    colbert = phase.colbert
+    facts: dict[str, Any] = {
+        "base_model": _hub_id(params, phase.init) if phase.init.startswith("data/") else
+        f"phase 1's saved model ({phase.init})",
+        "embedding_size": colbert.embedding_size,
+        "query_length": colbert.query_length,
+        "document_length": colbert.document_length,
+        "query_prefix": repr(colbert.query_prefix),
+        "document_prefix": repr(colbert.document_prefix),
+        "k_train": phase.k_train,
+        "temperature": phase.temperature,
+        "learnable_temperature": phase.learnable_temperature,
+        "temperature_parameter": "a plain nn.Parameter registered on the model as learnable_temperature, trained at "
+        "the model's learning_rate and weight_decay" if phase.learnable_temperature else "a fixed float",
+        "in_training_evaluation": "none (evaluate@<model> evaluates once, after training)",
+    }
+    if isinstance(phase, XTRContrastivePhase):
+        return facts | {
+            "dataset": _hub_id(params, phase.data),
+            "loss": "pylate.losses.Contrastive",
+            "score_metric": f"XTRScores(k={phase.k_train})",
+            "gather_across_devices": phase.gather_across_devices,
+        }
+    return facts | {
+        "dataset": f"{_hub_id(params, phase.data)} (config {phase.teacher_scores})",
+        "loss": "pylate.losses.Distillation, with the fork's temperature and min-max (retrievers.losses."
+        "TemperatureDistillation)",
+        "score_metric": f"XTRKDScores(k={phase.k_train})",
+        "n_ways": phase.n_ways,
+        "minmax_normalize_scores": "both (student and teacher)" if phase.minmax_normalize_scores else "none",
+        "temperature_start": "afresh at the phase's temperature (phase 1's learnt value is not carried over)",
+    }
+
+
+def recipe_settings(params: Params, phase_key: str) -> dict[str, Any]:
+    """Everything the hand-written recipe rows of a phase can be compared with: its trainer arguments, plus the
+    recipe's own settings."""
+    phase = params.phases[phase_key]
+    own = splade_recipe(phase) if isinstance(phase, SpladePhase) else xtr_recipe(params, phase)
+    return trainer_hyperparameters(params, phase_key) | own
+
+
+def _recipe_phases(recipe: dict) -> dict[str, dict[str, dict]]:
+    """phase -> rows of a recipe file (``phases:``; the older one-phase form ``phase:`` + ``recipe:`` too)."""
+    if "phases" in recipe:
+        return recipe["phases"]
+    return {recipe["phase"]: recipe["recipe"]}
+
+
+def recipe_rows(published: dict[str, dict], ours: dict[str, Any], where: str) -> list[Row]:
+    rows: list[Row] = []
     for name, fact in published.items():
-        value = ours[name]
-        same = _same(str(fact["published"]), value) or str(value).startswith(str(fact["published"]))
-        rows.append((name, f"{fact['published']} ({fact['source']})", str(value), "same" if same else "differs"))
+        if name not in ours:
+            raise SystemExit(f"{where}: {name}: no such setting of the phase (trainer argument or recipe setting)")
+        value, claimed = ours[name], str(fact["published"])
+        if claimed == "unknown":
+            mark = "unknown"
+        else:
+            mark = "same" if _same(claimed, value) or _plain(value).startswith(claimed) else "differs"
+        rows.append((name, claimed, str(fact.get("source", "")), _plain(value), mark, str(fact.get("note", ""))))
     return rows
 
 
-def markdown_table(rows: list[tuple[str, str, str, str]]) -> str:
-    out = ["| hyperparameter | published card | params.yaml -> trainer | |", "|:--|:--|:--|:--|"]
-    out += [f"| `{n}` | `{c}` | `{o}` | {m} |" for n, c, o, m in rows]
+def _require_notes(rows: list[Row], where: str) -> None:
+    missing = [r[0] for r in rows if r[4] in ("differs", "unknown", "n/a") and not r[5]]
+    unsourced = [r[0] for r in rows if not r[2]]
+    if missing or unsourced:
+        raise SystemExit(f"{where}: rows without a note explaining the difference: {missing}; "
+                         f"rows without a source: {unsourced}")
+
+
+def markdown_table(rows: list[Row]) -> str:
+    out = ["| hyperparameter | published | source | params.yaml -> trainer | | why it differs |",
+           "|:--|:--|:--|:--|:--|:--|"]
+    out += [f"| `{n}` | `{c}` | {src} | `{o}` | {m} | {note} |" for n, c, src, o, m, note in rows]
     return "\n".join(out)
 
 
@@ -127,12 +222,27 @@ PUBLISHED = {  # model key -> (card in ../shared/reference-cards, the phase the 
 
 
 def extract(cards_dir: Path, out_dir: Path = PUBLISHED_DIR) -> None:
-    """Save each published card's hyperparameter list as model_cards/published/<model>.yaml."""
+    """Save each published card's hyperparameter list (and each value's line) as model_cards/published/<model>.yaml."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for model, (card, phase) in PUBLISHED.items():
-        values = card_hyperparameters((cards_dir / card).read_text())
-        data = {"card": card, "phase": phase, "hyperparameters": values}
+        found = card_hyperparameter_lines((cards_dir / card).read_text())
+        data = {"card": card, "phase": phase, "hyperparameters": {k: v for k, (v, _) in found.items()},
+                "lines": {k: line for k, (_, line) in found.items()}}
         (out_dir / f"{model}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def _card_rows(published: dict, ours: dict[str, Any], notes: dict[str, str]) -> list[Row]:
+    card, lines = published["card"], published.get("lines", {})
+    rows: list[Row] = []
+    for name, card_value, value, mark in comparison_rows(published["hyperparameters"], ours):
+        note = notes.get(name, NOT_AN_ARGUMENT_NOTE if mark == "n/a" else "")
+        source = f"{card}:L{lines[name]}" if name in lines else card
+        rows.append((name, card_value, source, value, mark, note))
+    return rows
+
+
+def _count(rows: list[Row]) -> str:
+    return f"{sum(r[4] == 'same' for r in rows)} of {len(rows)} the same"
 
 
 def report(params: Params, published_dir: Path = PUBLISHED_DIR) -> str:
@@ -140,37 +250,26 @@ def report(params: Params, published_dir: Path = PUBLISHED_DIR) -> str:
     parts = [
         "# Published hyperparameters next to ours",
         "",
-        "Generated by `make hyperparameters` from the published cards' lists (`model_cards/published/`)",
-        "and the TrainingArguments that `train@<phase>` builds from params.yaml.",
-        "`n/a` rows name arguments this transformers version no longer has. The `differs` rows:",
-        "",
-        "- `eval_strategy`, `eval_on_start`, `per_device_eval_batch_size`, `dataloader_prefetch_factor`,",
-        "  `load_best_model_at_end`: the published runs evaluated during training (and the SPLADE run kept",
-        "  its best checkpoint); this pipeline evaluates once, after training, in `evaluate@<model>`. Keeping",
-        "  the best checkpoint changes the SPLADE weights: not reproduced yet.",
-        "- `num_train_epochs`: ignored by the trainer when `max_steps` is set (XTR).",
-        "- `warmup_ratio` (None vs 0.0), `lr_scheduler_kwargs` (None vs {}), `include_num_input_tokens_seen`",
-        "  (`no` vs False): transformers 5 spellings of the same setting.",
-        "- `local_rank`: set by the launcher at run time.",
-        "- `lr_scheduler` (NeoBERT-SPLADE recipe): the author's script used warmup-stable-decay, but its phase",
-        "  lengths are not published; params.yaml keeps the trainer's linear decay.",
+        "Generated by `make hyperparameters` (`python -m tools.hyperparameters`). Each row names its source: a",
+        "line of the published card (the cards' lists are extracted into `model_cards/published/<model>.yaml`), or",
+        "a public file at a commit (hand-written in `model_cards/published/<model>.recipe.yaml`, with the note",
+        "that explains any difference). The ours column is what `train@<phase>` gives the trainer from params.yaml.",
+        "`n/a`: the argument no longer exists; `unknown`: no public source states the value.",
     ]
     for model in PUBLISHED:
         published = yaml.safe_load((published_dir / f"{model}.yaml").read_text())
         card, phase = published["card"], published["phase"]
-        rows = comparison_rows(published["hyperparameters"], trainer_hyperparameters(params, phase))
-        same = sum(r[3] == "same" for r in rows)
-        parts += ["", f"## {model} (`train@{phase}` vs `{card}`): {same} of {len(rows)} the same", "",
-                  markdown_table(rows)]
         recipe_file = published_dir / f"{model}.recipe.yaml"
-        if recipe_file.exists():
-            recipe = yaml.safe_load(recipe_file.read_text())
-            splade_phase = params.phases[recipe["phase"]]
-            assert isinstance(splade_phase, SpladePhase), recipe_file
-            rows = recipe_rows(recipe["recipe"], splade_recipe(splade_phase))
-            same = sum(r[3] == "same" for r in rows)
-            parts += ["", f"### {model}: the recipe beyond TrainingArguments ({recipe_file.name}): "
-                      f"{same} of {len(rows)} the same", "", markdown_table(rows)]
+        recipe = yaml.safe_load(recipe_file.read_text()) if recipe_file.exists() else {}
+        rows = _card_rows(published, trainer_hyperparameters(params, phase), recipe.get("card_notes") or {})
+        _require_notes(rows, f"{published_dir / (model + '.yaml')} (card_notes in {recipe_file.name})")
+        title = f"### The card's hyperparameters (`train@{phase}` vs `{card}`): {_count(rows)}"
+        parts += ["", f"## {model}", "", title, "", markdown_table(rows)]
+        for phase_key, published_rows in (_recipe_phases(recipe) if recipe else {}).items():
+            rows = recipe_rows(published_rows, recipe_settings(params, phase_key), f"{recipe_file}: {phase_key}")
+            _require_notes(rows, f"{recipe_file}: {phase_key}")
+            parts += ["", f"### `train@{phase_key}` beyond the card ({recipe_file.name}): {_count(rows)}", "",
+                      markdown_table(rows)]
     return "\n".join(parts) + "\n"
 
 

@@ -151,6 +151,10 @@ class TrainerArgs(Strict):
     dataloader_num_workers: int = 0
     batch_sampler: Literal["batch_sampler", "no_duplicates"] = "batch_sampler"
     optim: str = "adamw_torch"
+    learning_rate_mapping: dict[str, float] = Field(
+        default_factory=dict, description="parameter-name regex -> its own learning rate (sentence-transformers)"
+    )
+    use_cpu: bool = Field(False, description="train on the CPU even with a GPU (bf16 on CPU needs it: `make rehearse`)")
     ddp_find_unused_parameters: bool | None = False
     average_tokens_across_devices: bool = False
 
@@ -170,8 +174,10 @@ class XTRContrastivePhase(PhaseBase):
     recipe: Literal["xtr-contrastive"]
     colbert: ColBERTConfig
     k_train: int = 256
-    temperature: float = 0.05
-    learnable_temperature: bool = True
+    temperature: float = Field(0.05, gt=0, description="the scores are divided by it (its initial value if learnable)")
+    learnable_temperature: bool = Field(
+        True, description="a parameter registered on the model, trained at the model's lr and weight decay (the fork)"
+    )
     gather_across_devices: bool = True
 
 
@@ -180,8 +186,11 @@ class XTRDistillationPhase(PhaseBase):
     colbert: ColBERTConfig
     k_train: int = 256
     n_ways: int = 16
-    temperature: float = 1.0
+    temperature: float = Field(1.0, gt=0, description="the student scores are divided by it (initial if learnable)")
     learnable_temperature: bool = True
+    minmax_normalize_scores: bool = Field(
+        True, description="min-max normalise student and teacher scores per query first (the fork's `true` = both)"
+    )
     teacher_scores: Literal["train", "train_unormalized"] = "train"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from retrievers import models, paths, tracking
@@ -34,11 +35,12 @@ def _build(phase, params: Params, phase_key: str):
     return models.for_phase(phase).trainer(phase, init, data, output, params.seed)
 
 
-def run_phase(params: Params, phase_key: str) -> Path | None:
+def run_phase(params: Params, phase_key: str, callbacks: Sequence = ()) -> Path | None:
     """Train one phase into models/<phase_key>; an MLflow run records params, per-step loss and tags.
 
     With ``nproc_per_node`` above 1 the stage relaunches itself under torchrun; every rank trains (DDP) and
-    only rank 0 writes the model, the MLflow run and runs/<phase>.json."""
+    only rank 0 writes the model, the MLflow run and runs/<phase>.json. ``callbacks`` are extra TrainerCallbacks
+    (the full-size rehearsal times steps with one)."""
     phase = phase_of(params, phase_key)
     if phase.nproc_per_node > 1 and not prepare_torchrun_rank():
         launch_torchrun(phase_key, phase.nproc_per_node)
@@ -48,12 +50,16 @@ def run_phase(params: Params, phase_key: str) -> Path | None:
     with trainer.args.main_process_first(local=False, desc="checkpoint preparation"):
         resume_from = prepare_checkpoints(params, phase_key)
     trainer.add_callback(loss_curve_callback(phase_key))
-    learnable_temperature = hasattr(trainer.loss, "log_temperature")
+    for callback in callbacks:
+        trainer.add_callback(callback)
+    from retrievers.losses import temperature_parameter
+
+    temperature = temperature_parameter(trainer.loss)
     restored_temperature = None
-    if learnable_temperature:
-        trainer.add_callback(loss_state_callback(trainer.loss))
-        restored_temperature = restore_loss_state(trainer.loss, resume_from)
-        average_loss_gradients(trainer.loss, model)
+    if temperature is not None:
+        trainer.add_callback(loss_state_callback(temperature))
+        restored_temperature = restore_loss_state(temperature, resume_from)
+    average_loss_gradients(trainer.loss, model)
     if not trainer.is_world_process_zero():
         trainer.train(resume_from_checkpoint=resume_from)
         return None
@@ -65,8 +71,8 @@ def run_phase(params: Params, phase_key: str) -> Path | None:
         if restored_temperature is not None:
             mlflow.set_tag("resumed_temperature", repr(restored_temperature))
         trainer.train(resume_from_checkpoint=resume_from)
-        if learnable_temperature:
-            mlflow.log_metric("final_temperature", float(trainer.loss.temperature))
+        if temperature is not None:
+            mlflow.log_metric("final_temperature", float(temperature))
         target = paths.model_dir(phase_key)
         record = training_record(phase_key, phase, trainer, Path(phase.init), Path(phase.data))
         mlflow.log_dict(record, "training_record.json")

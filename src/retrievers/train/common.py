@@ -60,21 +60,22 @@ def prepare_checkpoints(params: Params, phase_key: str) -> str | None:
 LOSS_STATE = "loss_temperature.pt"
 
 
-def loss_state_callback(loss):
-    """A TrainerCallback that stores the loss's learnable temperature in every checkpoint.
+def loss_state_callback(temperature):
+    """A TrainerCallback that stores the learnable temperature (a Parameter) in every checkpoint.
 
-    Trainer checkpoints hold the model and optimizer, not parameters of the loss; without this a resumed run
-    would restart the temperature at its initial value while its optimizer moments carry on."""
+    Trainer checkpoints hold the model's saved modules and the optimizer, not a parameter registered on the
+    model itself; without this a resumed run would restart the temperature at its initial value while its
+    optimizer moments carry on."""
     import torch
     from transformers import TrainerCallback
 
-    class SaveLossTemperature(TrainerCallback):
+    class SaveTemperature(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir():
-                torch.save({"log_temperature": loss.log_temperature.detach().cpu()}, folder / LOSS_STATE)
+                torch.save({"temperature": temperature.detach().cpu()}, folder / LOSS_STATE)
 
-    return SaveLossTemperature()
+    return SaveTemperature()
 
 
 def loss_curve_callback(phase_key: str):
@@ -92,9 +93,9 @@ def loss_curve_callback(phase_key: str):
     return WriteLossCurve()
 
 
-def restore_loss_state(loss, checkpoint: str | None) -> float | None:
-    """Load the temperature saved with ``checkpoint`` into ``loss`` (one with a ``log_temperature``); return it
-    (None when there is nothing to restore)."""
+def restore_loss_state(temperature, checkpoint: str | None) -> float | None:
+    """Load the temperature saved with ``checkpoint`` into the ``temperature`` Parameter; return it (None when
+    there is nothing to restore)."""
     import torch
 
     if checkpoint is None:
@@ -103,8 +104,8 @@ def restore_loss_state(loss, checkpoint: str | None) -> float | None:
     if not state_file.exists():
         return None
     with torch.no_grad():
-        loss.log_temperature.copy_(torch.load(state_file)["log_temperature"])
-    return float(loss.temperature)
+        temperature.copy_(torch.load(state_file)["temperature"])
+    return float(temperature)
 
 
 def prepare_torchrun_rank() -> bool:
@@ -132,8 +133,9 @@ def launch_torchrun(phase_key: str, nproc_per_node: int) -> None:
 
 
 def average_loss_gradients(loss, model) -> None:
-    """Average across processes the gradients of parameters the loss owns beyond the model's (the learnable
-    temperature): DDP all-reduces only the wrapped model's gradients, so each rank would otherwise drift."""
+    """Average across processes the gradients of parameters the loss owns beyond the model's: DDP all-reduces only
+    the wrapped model's gradients, so each rank would otherwise drift. (The XTR temperature is registered on the
+    model, as the fork does, so DDP averages it itself.)"""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:

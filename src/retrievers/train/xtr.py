@@ -11,10 +11,10 @@ from retrievers.models.colbert import build_colbert
 
 def contrastive_trainer(phase: XTRContrastivePhase, init: Path, data: Path, args):
     from datasets import load_dataset
-    from pylate import scores, utils
+    from pylate import losses, scores, utils
     from sentence_transformers import SentenceTransformerTrainer
 
-    from retrievers.losses import LearnableTemperatureContrastive
+    from retrievers.losses import register_temperature
 
     model = build_colbert(init, phase.colbert)
     train = load_dataset(str(data), split="train")
@@ -23,11 +23,11 @@ def contrastive_trainer(phase: XTRContrastivePhase, init: Path, data: Path, args
         raise DataError(f"{data}: triplets need columns query, positive, negative; missing {sorted(missing)}")
     if phase.max_train_samples is not None:
         train = train.select(range(min(phase.max_train_samples, len(train))))
-    loss = LearnableTemperatureContrastive(
+    loss = losses.Contrastive(
         model=model,
         score_metric=scores.XTRScores(k=phase.k_train),
-        temperature=phase.temperature,
-        learnable=phase.learnable_temperature,
+        # A Parameter where PyLate declares a float: the fork passes its learnable temperature the same way.
+        temperature=register_temperature(model, phase.temperature, phase.learnable_temperature),  # type: ignore[arg-type]
         gather_across_devices=phase.gather_across_devices,
     )
     trainer = SentenceTransformerTrainer(
@@ -41,16 +41,16 @@ def distillation_trainer(phase: XTRDistillationPhase, init: Path, data: Path, ar
     from sentence_transformers import SentenceTransformerTrainer
 
     from retrievers.data.kd import kd_training_dataset, load_kd_tables
-    from retrievers.losses import LearnableTemperatureDistillation
+    from retrievers.losses import TemperatureDistillation, register_temperature
 
     model = build_colbert(init, phase.colbert)
     tables = load_kd_tables(data, phase.teacher_scores)
     train = kd_training_dataset(tables, phase.n_ways, phase.max_train_samples)
-    loss = LearnableTemperatureDistillation(
+    loss = TemperatureDistillation(
         model=model,
         score_metric=scores.XTRKDScores(k=phase.k_train),
-        temperature=phase.temperature,
-        learnable=phase.learnable_temperature,
+        temperature=register_temperature(model, phase.temperature, phase.learnable_temperature),
+        minmax_normalize_scores=phase.minmax_normalize_scores,
     )
     trainer = SentenceTransformerTrainer(
         model=model, args=args, train_dataset=train, loss=loss, data_collator=utils.ColBERTCollator(model.tokenize)

@@ -1,0 +1,63 @@
+"""The full-size rehearsal: every published trainer, built at the published sizes, takes an optimizer step."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from retrievers.config import load_params
+from tools.rehearse import rehearsal_params
+
+from .conftest import OFFLINE_ENV, REPO
+
+
+def test_rehearsal_changes_only_batch_steps_and_what_the_cpu_cannot_do():
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    rehearsal = rehearsal_params(raw, steps=2, batch_size=1, cuda=False, compile_on_cpu=False)
+    for key, phase in raw["phases"].items():
+        changed = {k: (v, rehearsal["phases"][key]["args"].get(k)) for k, v in phase["args"].items()
+                   if rehearsal["phases"][key]["args"].get(k) != v}
+        allowed = {"per_device_train_batch_size", "max_steps", "logging_steps", "save_steps", "fp16", "bf16",
+                   "torch_compile", "use_cpu"}
+        assert set(changed) <= allowed, (key, changed)
+        assert {k: v for k, v in phase.items() if k != "args"} == {
+            k: v for k, v in rehearsal["phases"][key].items() if k != "args"}, key
+    on_gpu = rehearsal_params(raw, steps=2, batch_size=1, cuda=True, compile_on_cpu=False)
+    for key, phase in raw["phases"].items():  # CUDA: the published precision and compile
+        args = on_gpu["phases"][key]["args"]
+        keys = ("fp16", "bf16", "torch_compile", "use_cpu")
+        assert [args.get(k) for k in keys] == [phase["args"].get(k) for k in keys]
+
+
+@pytest.mark.slow
+def test_every_published_phase_takes_a_step_at_full_size(tmp_path):
+    out = tmp_path / "rehearsal.json"
+    # Changes beyond the rehearsal's own, to fit CI: KD phases score 2 documents per query, not 16 (PyLate pads
+    # each to 512 tokens; 16 need ~11 GiB on CPU). `make rehearse` keeps the published values.
+    params = load_params(REPO / "params.yaml")
+    fewer_ways = [f"phases.{key}.n_ways=2" for key, phase in params.phases.items()
+                  if phase.recipe == "xtr-distillation"]
+    # And one micro-batch per step (SPLADE accumulates 5: five passes through 28 layers dominate on a CPU).
+    fewer_ways += [f"phases.{key}.args.gradient_accumulation_steps=1" for key, phase in params.phases.items()
+                   if phase.args.gradient_accumulation_steps > 1]
+    command = [sys.executable, "-m", "tools.rehearse", "--workdir", str(tmp_path / "ws"), "--steps", "1",
+               "--batch-size", "1", "--short-texts", "--json", str(out)]
+    command += [arg for override in fewer_ways for arg in ("--override", override)]
+    import os
+
+    result = subprocess.run(command, cwd=REPO, env=os.environ | OFFLINE_ENV, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-4000:]
+    measured = {r["phase"]: r for r in json.loads(out.read_text())}
+    assert list(measured) == list(params.phases)
+    for phase, r in measured.items():
+        assert r["steps"] == 1 and r["peak_memory_bytes"] > 0, phase
+    # Built at the published sizes: ModernBERT-base (22 x 768, vocab 50368) and NeoBERT (28 x 768, vocab 30522).
+    config = json.loads((tmp_path / "ws" / "data" / "NeoBERT-RetroMAE-pretrain" / "config.json").read_text())
+    assert (config["num_hidden_layers"], config["hidden_size"], config["vocab_size"]) == (28, 768, 30522)
+    config = json.loads((tmp_path / "ws" / "data" / "ModernBERT-base" / "config.json").read_text())
+    assert (config["num_hidden_layers"], config["hidden_size"], config["vocab_size"]) == (22, 768, 50368)
+    assert "full-size rehearsal on" in result.stdout
