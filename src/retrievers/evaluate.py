@@ -43,6 +43,37 @@ def _check_sets(names: list[str], available: dict[str, str], root: Path) -> None
         )
 
 
+def check_evaluation_data(evaluation: PyLateNanoBEIR | SparseNanoBEIR) -> None:
+    """Each configured NanoBEIR set's corpus, queries and qrels load and agree (``data.validate``), before any model
+    is loaded: PyLate's per-set folders (split ``train``), or one NanoBEIR-en folder with a split per set."""
+    from datasets import load_dataset
+
+    from retrievers.data.validate import check_evaluation_set
+
+    root = paths.source_dir(evaluation.data)
+    if isinstance(evaluation, PyLateNanoBEIR):
+        local = _local_pylate_sets(root)
+        _check_sets(evaluation.datasets, local, root)
+        where = {name: (local[name], "train") for name in evaluation.datasets}
+    else:
+        from sentence_transformers.evaluation.NanoBEIREvaluator import DATASET_NAME_TO_HUMAN_READABLE
+
+        unknown = [n for n in evaluation.datasets if n.lower() not in DATASET_NAME_TO_HUMAN_READABLE]
+        if unknown:
+            raise FileNotFoundError(f"{root}: unknown NanoBEIR set(s) {unknown}; use names of "
+                                    f"{sorted(DATASET_NAME_TO_HUMAN_READABLE)}")
+        where = {n: (str(root), f"Nano{DATASET_NAME_TO_HUMAN_READABLE[n.lower()]}") for n in evaluation.datasets}
+    for name, (folder, split) in where.items():
+        tables = {}
+        for subset in ("corpus", "queries", "qrels"):
+            try:
+                tables[subset] = load_dataset(folder, subset, split=split).data.table
+            except (ValueError, FileNotFoundError) as error:
+                raise FileNotFoundError(f"{folder}: cannot load {subset} split {split!r} of NanoBEIR set {name!r} "
+                                        f"({str(error).splitlines()[0]}); re-run its download stage") from None
+        check_evaluation_set(tables["corpus"], tables["queries"], tables["qrels"], f"{folder} [{split}]")
+
+
 def evaluate_with(model, evaluation: PyLateNanoBEIR | SparseNanoBEIR) -> dict[str, float]:
     """Run the configured evaluator on an already loaded model."""
     root = paths.source_dir(evaluation.data)

@@ -14,6 +14,7 @@ import yaml
 
 from retrievers import paths, tracking
 from retrievers.config import ConfigError, Params, SpladePhase, flatten, load_params
+from retrievers.faults import EnvironmentFault, InputError, disk_full_line, is_disk_full
 from retrievers.io import write_json_atomic, write_text_atomic
 
 logger = logging.getLogger("retrievers")
@@ -42,10 +43,13 @@ def _model(params: Params, model_key: str):
 def evaluate(params: Params, model_key: str) -> None:
     import mlflow
 
-    from retrievers.evaluate import evaluate_model
+    from retrievers.data.validate import check_model_folder
+    from retrievers.evaluate import check_evaluation_data, evaluate_model
     from retrievers.reports import log_plot, write_ndcg_plot
 
     _model(params, model_key)
+    check_model_folder(paths.model_dir(model_key), f"re-run `dvc repro --force train@{model_key}`")
+    check_evaluation_data(params.models[model_key].evaluation)
     metrics = evaluate_model(params, model_key)
     write_json_atomic(paths.metrics_file(model_key), metrics, sort_keys=False)  # the evaluator's order, as cards
     ndcg_plot = write_ndcg_plot(model_key, metrics)
@@ -234,7 +238,7 @@ def release(params: Params, model_key: str) -> None:
     release_model(params, model_key)
 
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, InputError, EnvironmentFault)
 
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -263,3 +267,7 @@ def stage_main(run: Callable[[Params, str], None], argv: list[str] | None = None
         run(load_params(), argv[0])
     except errors as error:
         sys.exit(f"{name}@{argv[0]}: error: {error}")
+    except OSError as error:
+        if not is_disk_full(error):
+            raise
+        sys.exit(f"{name}@{argv[0]}: error: {disk_full_line(error)}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 from importlib import metadata
@@ -34,19 +35,31 @@ class ReleaseError(RuntimeError):
 
 
 def check_gate(model_key: str, config: ModelConfig, metrics_path: Path) -> float:
+    """The gate metric's value; refuses a missing file or metric, a value that is not a finite number (NaN compares
+    false with everything, so it is named explicitly) and one below ``gate_min``."""
+    key = f"models.{model_key}.release"
     if not metrics_path.exists():
         raise ReleaseError(f"{metrics_path} is missing; run `dvc repro evaluate@{model_key}` before releasing")
-    metrics = json.loads(metrics_path.read_text())
-    if config.release.gate_metric not in metrics:
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except json.JSONDecodeError as error:
+        raise ReleaseError(f"{metrics_path}: not valid JSON ({error}); re-run `dvc repro evaluate@{model_key}`"
+                           ) from None
+    if not isinstance(metrics, dict) or config.release.gate_metric not in metrics:
         raise ReleaseError(
-            f"{metrics_path} has no {config.release.gate_metric!r}; check "
-            f"models.{model_key}.release.gate_metric in params.yaml"
+            f"{metrics_path} has no {config.release.gate_metric!r}; check {key}.gate_metric in params.yaml"
         )
-    value = float(metrics[config.release.gate_metric])
-    if value < config.release.gate_min:
+    raw = metrics[config.release.gate_metric]
+    value = float(raw) if isinstance(raw, int | float) and not isinstance(raw, bool) else math.nan
+    if not math.isfinite(value):
+        raise ReleaseError(
+            f"{metrics_path}: {config.release.gate_metric} = {raw!r} is not a finite number; the model cannot be "
+            f"released (re-train it: `dvc repro --force train@{model_key}`)"
+        )
+    if not value >= config.release.gate_min:
         raise ReleaseError(
             f"{config.release.gate_metric} = {value:.4f} is below the release gate "
-            f"{config.release.gate_min} (models.{model_key}.release.gate_min)"
+            f"{config.release.gate_min} ({key}.gate_min)"
         )
     return value
 
@@ -69,10 +82,11 @@ def verify_bundle(config: ModelConfig, trained: Path, bundle: Path) -> float:
     # Absolute paths: a relative one ("models/x") reads as a Hub repo id when the Hub is online (push on).
     expected = encode_probe(load_model(config, trained.resolve()), config.kind, probe)
     got = encode_probe(load_model(config, bundle.resolve()), config.kind, probe)
-    worst = max(
-        float(np.max(np.abs(a - b))) if a.shape == b.shape else float("inf") for a, b in zip(expected, got, strict=True)
-    )
-    if worst > 1e-5:
+    diffs = [float(np.max(np.abs(a - b))) if a.shape == b.shape and a.size else math.inf
+             for a, b in zip(expected, got, strict=True)]
+    # Not max(): max() with a NaN depends on the order; any NaN (a NaN weight) must fail, so test "not <=".
+    worst = math.nan if any(math.isnan(d) for d in diffs) else max(diffs)
+    if not worst <= 1e-5:
         raise ReleaseError(f"bundle {bundle} does not reproduce the trained model (max |diff| = {worst:.3g})")
     return worst
 
@@ -230,7 +244,10 @@ class HubPublisher:
 def release_model(params: Params, model_key: str) -> dict:
     config = params.models[model_key]
     hub = config.release.hub
+    from retrievers.data.validate import check_model_folder
+
     gate_value = check_gate(model_key, config, paths.metrics_file(model_key))
+    check_model_folder(paths.model_dir(model_key), f"re-run `dvc repro --force train@{model_key}`")
     publisher = HubPublisher(model_key, config) if hub.push and not hub.dry_run else None
     tag_exists = publisher.preflight() if publisher else False  # refuse before anything is written
     bundle = paths.release_dir(model_key)

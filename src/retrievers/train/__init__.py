@@ -10,6 +10,7 @@ from retrievers.config import Params, SpladePhase, XTRContrastivePhase, XTRDisti
 from retrievers.io import atomic_dir
 from retrievers.train.common import (
     average_loss_gradients,
+    check_phase_inputs,
     finish_checkpoints,
     launch_torchrun,
     loss_curve_callback,
@@ -29,10 +30,8 @@ def _build(phase, params: Params, phase_key: str):
     from sentence_transformers import SentenceTransformerTrainingArguments
     from sentence_transformers.sparse_encoder import SparseEncoderTrainingArguments
 
+    check_phase_inputs(phase, phase_key)
     init, data, output = Path(phase.init), Path(phase.data), paths.checkpoint_dir(phase_key)
-    for folder in (init, data):
-        if not folder.exists():
-            raise FileNotFoundError(f"{folder} does not exist; run `dvc repro` so its stage produces it first")
     if isinstance(phase, XTRContrastivePhase):
         from retrievers.train.xtr import contrastive_trainer
 

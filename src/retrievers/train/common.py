@@ -13,6 +13,7 @@ from pathlib import Path
 
 from retrievers import paths
 from retrievers.config import Params, PhaseBase, TrainerArgs
+from retrievers.faults import InputError
 
 logger = logging.getLogger(__name__)
 CONFIG_STAMP = "phase_config.json"
@@ -34,6 +35,30 @@ def trainer_arguments(args_cls: type, args: TrainerArgs, output_dir: Path, seed:
         **values,
         **extra,
     )
+
+
+def check_phase_inputs(phase: PhaseBase, phase_key: str) -> None:
+    """What typed config cannot check, before anything is built: the trainer's optimizer and schedule names and
+    the init model folder's weights. (The training data is checked as it is loaded.)"""
+    from transformers.trainer_utils import SchedulerType
+    from transformers.training_args import OptimizerNames
+
+    from retrievers.data.validate import check_model_folder
+
+    args = phase.args
+    for key, value, known in (("optim", args.optim, OptimizerNames), ("lr_scheduler_type", args.lr_scheduler_type,
+                                                                         SchedulerType)):
+        names = [item.value for item in known]
+        if value not in names:
+            raise InputError(f"params.yaml: phases.{phase_key}.args.{key}: unknown {value!r}; use one of "
+                             f"{', '.join(names[:12])}{', ...' if len(names) > 12 else ''}")
+    for folder in (Path(phase.init), Path(phase.data)):
+        if not folder.exists():
+            raise FileNotFoundError(f"{folder} does not exist; run `dvc repro` so its stage produces it first")
+    init = Path(phase.init)
+    fix = (f"re-run `dvc repro --force train@{init.name}`" if init.parts[0] == "models"
+           else f"re-run `dvc repro --force download@{init.name}`")
+    check_model_folder(init, fix)
 
 
 def prepare_checkpoints(params: Params, phase_key: str) -> str | None:

@@ -30,13 +30,12 @@ def contrastive_trainer(phase: XTRContrastivePhase, init: Path, data: Path, args
     from pylate import scores, utils
     from sentence_transformers import SentenceTransformerTrainer
 
+    from retrievers.data.validate import check_triplets
     from retrievers.losses import LearnableTemperatureContrastive
 
-    model = build_colbert(init, phase.colbert)
     train = load_dataset(str(data), split="train")
-    missing = {"query", "positive", "negative"} - set(train.column_names)
-    if missing:
-        raise ValueError(f"{data}: triplets need columns query, positive, negative; missing {sorted(missing)}")
+    check_triplets(train.data.table, f"{data} (triplets)")
+    model = build_colbert(init, phase.colbert)
     if phase.max_train_samples is not None:
         train = train.select(range(min(phase.max_train_samples, len(train))))
     loss = LearnableTemperatureContrastive(
@@ -59,8 +58,8 @@ def distillation_trainer(phase: XTRDistillationPhase, init: Path, data: Path, ar
     from retrievers.data.kd import kd_training_dataset, load_kd_tables
     from retrievers.losses import LearnableTemperatureDistillation
 
-    model = build_colbert(init, phase.colbert)
     tables = load_kd_tables(data, phase.teacher_scores)
+    model = build_colbert(init, phase.colbert)
     train = kd_training_dataset(tables, phase.n_ways, phase.max_train_samples)
     loss = LearnableTemperatureDistillation(
         model=model,
