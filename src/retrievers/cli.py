@@ -19,6 +19,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from retrievers.io import atomic_dir
+
 app = typer.Typer(
     help="Download released retrievers, encode texts, index a corpus and search it.",
     no_args_is_help=True,
@@ -135,6 +137,9 @@ def read_records(path: Path) -> list[dict]:
         key = "id" if isinstance(row, dict) and "id" in row else "_id"
         if not isinstance(row, dict) or key not in row or "text" not in row:
             raise CLIError(f"{path}: row {number} needs an 'id' (or '_id') and a 'text' field")
+        if not isinstance(row["text"], str):
+            raise CLIError(f"{path}: row {number} ({key} {row[key]!r}): 'text' is {type(row['text']).__name__}, "
+                           "not a string; fix or drop the row")
         text = f"{row['title']} {row['text']}" if row.get("title") else row["text"]
         records.append({"id": str(row[key]), "text": text})
     if not records:
@@ -231,39 +236,54 @@ def encode_command(
 def index(
     model: Annotated[str, typer.Argument(help="model folder or anything `download` accepts")],
     corpus: Annotated[Path, typer.Argument(help="jsonl or parquet corpus with id and text")],
-    index_dir: Annotated[Path, typer.Argument(help="folder to write the index into (replaced if it exists)")],
+    index_dir: Annotated[Path, typer.Argument(help="folder to write the index into: new, empty, or an index "
+                                                   "`retrievers index` wrote (replaced)")],
+    overwrite: Annotated[bool, typer.Option(help="replace INDEX_DIR even if it holds other files")] = False,
 ):
     """Encode a corpus and build its index: PLAID for ColBERT, Seismic for SPLADE."""
 
     def body():
+        check_index_target(index_dir, overwrite)
         records = read_records(corpus)
         folder = fetch(model)
         kind, loaded = load(folder)
         embeddings = encode(kind, loaded, [r["text"] for r in records], False, "documents")
-        if index_dir.exists():
-            shutil.rmtree(index_dir)
-        index_dir.mkdir(parents=True)
-        ids = [r["id"] for r in records]
-        if kind == "colbert":
-            from pylate import indexes
-
-            with console.status("building the PLAID index"):
-                plaid = indexes.PLAID(index_folder=str(index_dir), index_name="plaid", override=True,
-                                      show_progress=False, device="cpu")
-                plaid.add_documents(documents_ids=ids, documents_embeddings=embeddings)
-        else:
-            from seismic import SeismicDataset, SeismicIndex
-
-            dataset = SeismicDataset()
-            for doc_id, (terms, weights) in zip(ids, _rows(embeddings), strict=True):
-                dataset.add_document(doc_id, terms, weights)
-            with console.status("building the Seismic inverted index"):
-                SeismicIndex.build_from_dataset(dataset).save(str(index_dir / "seismic"))
-        record = {"kind": kind, "model": str(folder.resolve()), "documents": len(ids), "corpus": str(corpus)}
-        (index_dir / INDEX_RECORD).write_text(json.dumps(record, indent=2))
-        console.print(f"indexed {len(ids)} documents with {kind} into {index_dir}")
+        with atomic_dir(index_dir) as scratch:
+            _build_index(kind, scratch, [r["id"] for r in records], embeddings)
+            record = {"kind": kind, "model": str(folder.resolve()), "documents": len(records), "corpus": str(corpus)}
+            (scratch / INDEX_RECORD).write_text(json.dumps(record, indent=2))
+        console.print(f"indexed {len(records)} documents with {kind} into {index_dir}")
 
     _run(body)
+
+
+def check_index_target(index_dir: Path, overwrite: bool) -> None:
+    """Refuse to replace a folder that holds anything but an index this command wrote (a user's files would go)."""
+    if overwrite or not index_dir.exists():
+        return
+    if not index_dir.is_dir():
+        raise CLIError(f"{index_dir} exists and is not a folder; choose another index folder")
+    if any(index_dir.iterdir()) and not (index_dir / INDEX_RECORD).exists():
+        raise CLIError(f"{index_dir} is not empty and is not an index (no {INDEX_RECORD}); choose another folder "
+                       "or pass --overwrite to replace it and everything in it")
+
+
+def _build_index(kind: str, index_dir: Path, ids: list[str], embeddings) -> None:
+    if kind == "colbert":
+        from pylate import indexes
+
+        with console.status("building the PLAID index"):
+            plaid = indexes.PLAID(index_folder=str(index_dir), index_name="plaid", override=True,
+                                  show_progress=False, device="cpu")
+            plaid.add_documents(documents_ids=ids, documents_embeddings=embeddings)
+    else:
+        from seismic import SeismicDataset, SeismicIndex
+
+        dataset = SeismicDataset()
+        for doc_id, (terms, weights) in zip(ids, _rows(embeddings), strict=True):
+            dataset.add_document(doc_id, terms, weights)
+        with console.status("building the Seismic inverted index"):
+            SeismicIndex.build_from_dataset(dataset).save(str(index_dir / "seismic"))
 
 
 def search_index(index_dir: Path, queries: list[dict], k: int) -> list[dict]:

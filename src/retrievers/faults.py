@@ -17,6 +17,10 @@ class EnvironmentFault(RuntimeError):
     """The machine, not the input: a full disk, an unreachable tracking server."""
 
 
+class TrainingError(RuntimeError):
+    """Training finished but its result must not be used (non-finite weights)."""
+
+
 def is_disk_full(error: BaseException) -> bool:
     return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from importlib import metadata
@@ -14,7 +15,7 @@ import yaml
 
 from retrievers import paths, tracking
 from retrievers.config import ConfigError, Params, SpladePhase, flatten, load_params
-from retrievers.faults import EnvironmentFault, InputError, disk_full_line, is_disk_full
+from retrievers.faults import EnvironmentFault, InputError, TrainingError, disk_full_line, is_disk_full
 from retrievers.io import write_json_atomic, write_text_atomic
 
 logger = logging.getLogger("retrievers")
@@ -31,6 +32,7 @@ def download(params: Params, key: str) -> None:
 def train(params: Params, phase_key: str) -> None:
     from retrievers.train import run_phase
 
+    tracking.check_reachable()
     run_phase(params, phase_key)
 
 
@@ -48,6 +50,7 @@ def evaluate(params: Params, model_key: str) -> None:
     from retrievers.reports import log_plot, write_ndcg_plot
 
     _model(params, model_key)
+    tracking.check_reachable()
     check_model_folder(paths.model_dir(model_key), f"re-run `dvc repro --force train@{model_key}`")
     check_evaluation_data(params.models[model_key].evaluation)
     metrics = evaluate_model(params, model_key)
@@ -235,13 +238,19 @@ def release(params: Params, model_key: str) -> None:
     from retrievers.release import release_model
 
     _model(params, model_key)
+    tracking.check_reachable()
     release_model(params, model_key)
 
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, InputError, EnvironmentFault)
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, InputError, EnvironmentFault,
+                                                 TrainingError)
 
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def stage_main(run: Callable[[Params, str], None], argv: list[str] | None = None) -> None:
@@ -263,8 +272,12 @@ def stage_main(run: Callable[[Params, str], None], argv: list[str] | None = None
         level=os.environ.get("RETRIEVERS_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
     errors: tuple[type[BaseException], ...] = (*USER_ERRORS, DownloadError, KDDataError, ReleaseError)
+    signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM ends the stage's MLflow run KILLED, as Ctrl-C does
     try:
         run(load_params(), argv[0])
+    except KeyboardInterrupt:
+        print(f"{name}@{argv[0]}: interrupted; nothing was written (re-run to resume)", file=sys.stderr)
+        sys.exit(130)
     except errors as error:
         sys.exit(f"{name}@{argv[0]}: error: {error}")
     except OSError as error:

@@ -10,6 +10,7 @@ from retrievers.config import Params, SpladePhase, XTRContrastivePhase, XTRDisti
 from retrievers.io import atomic_dir
 from retrievers.train.common import (
     average_loss_gradients,
+    check_finite_weights,
     check_phase_inputs,
     finish_checkpoints,
     launch_torchrun,
@@ -83,6 +84,7 @@ def run_phase(params: Params, phase_key: str) -> Path | None:
         trainer.train(resume_from_checkpoint=resume_from)
         if learnable_temperature:
             mlflow.log_metric("final_temperature", float(trainer.loss.temperature))
+        check_finite_weights(model, phase_key)
         target = paths.model_dir(phase_key)
         with atomic_dir(target) as scratch:
             model.save_pretrained(str(scratch))

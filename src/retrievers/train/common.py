@@ -13,7 +13,7 @@ from pathlib import Path
 
 from retrievers import paths
 from retrievers.config import Params, PhaseBase, TrainerArgs
-from retrievers.faults import InputError
+from retrievers.faults import InputError, TrainingError
 
 logger = logging.getLogger(__name__)
 CONFIG_STAMP = "phase_config.json"
@@ -59,6 +59,18 @@ def check_phase_inputs(phase: PhaseBase, phase_key: str) -> None:
     fix = (f"re-run `dvc repro --force train@{init.name}`" if init.parts[0] == "models"
            else f"re-run `dvc repro --force download@{init.name}`")
     check_model_folder(init, fix)
+
+
+def check_finite_weights(model, phase_key: str) -> None:
+    """Refuse to save a model with NaN or infinite weights (training diverged): nothing downstream may trust it."""
+    import torch
+
+    bad = [name for name, param in model.named_parameters() if not bool(torch.isfinite(param).all())]
+    if bad:
+        raise TrainingError(
+            f"train@{phase_key}: training produced non-finite weights in {len(bad)} tensor(s) (first: {bad[0]}); "
+            f"the model was not saved: lower phases.{phase_key}.args.learning_rate or check the training data"
+        )
 
 
 def prepare_checkpoints(params: Params, phase_key: str) -> str | None:
