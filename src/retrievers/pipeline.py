@@ -17,6 +17,7 @@ from retrievers import paths, tracking
 from retrievers.config import ConfigError, Params, SpladePhase, flatten, load_params
 from retrievers.faults import EnvironmentFault, InputError, TrainingError, disk_full_line, is_disk_full
 from retrievers.io import write_json_atomic, write_text_atomic
+from retrievers.killpoints import kill_point
 
 logger = logging.getLogger("retrievers")
 
@@ -54,6 +55,7 @@ def evaluate(params: Params, model_key: str) -> None:
     check_model_folder(paths.model_dir(model_key), f"re-run `dvc repro --force train@{model_key}`")
     check_evaluation_data(params.models[model_key].evaluation)
     metrics = evaluate_model(params, model_key)
+    kill_point("evaluated")
     write_json_atomic(paths.metrics_file(model_key), metrics, sort_keys=False)  # the evaluator's order, as cards
     ndcg_plot = write_ndcg_plot(model_key, metrics)
     with tracking.resume_run(params, model_key, stage="evaluate"):
@@ -214,6 +216,7 @@ def card(params: Params, model_key: str) -> None:
                        _hub_repo_id(params, first.init), training_repos, _dataset_size(params, final))
     entries = eval_result_entries(metrics, _evaluation_datasets(params, model_key, metrics))
     write_text_atomic(paths.eval_results_file(model_key), yaml.safe_dump(entries, sort_keys=False))
+    kill_point("card")  # between the card's two files
     write_text_atomic(paths.card_file(model_key), text)
 
 
@@ -274,6 +277,7 @@ def stage_main(run: Callable[[Params, str], None], argv: list[str] | None = None
     errors: tuple[type[BaseException], ...] = (*USER_ERRORS, DownloadError, KDDataError, ReleaseError)
     signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM ends the stage's MLflow run KILLED, as Ctrl-C does
     try:
+        kill_point(f"start:{name}")
         run(load_params(), argv[0])
     except KeyboardInterrupt:
         print(f"{name}@{argv[0]}: interrupted; nothing was written (re-run to resume)", file=sys.stderr)

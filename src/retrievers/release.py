@@ -24,6 +24,7 @@ import numpy as np
 from retrievers import paths, tracking
 from retrievers.config import ModelConfig, Params
 from retrievers.io import atomic_dir, write_json_atomic
+from retrievers.killpoints import kill_point
 
 logger = logging.getLogger(__name__)
 ALIAS = "candidate"
@@ -154,6 +155,7 @@ def register(params: Params, model_key: str, bundle: Path) -> dict:
             registered_model_name=config.release.registered_model_name,
         )
         version = info.registered_model_version
+        kill_point("registry")  # registered, alias not yet moved
         client = MlflowClient()
         client.set_registered_model_alias(config.release.registered_model_name, ALIAS, version)
         client.set_model_version_tag(config.release.registered_model_name, version, "run_id", run.info.run_id)
@@ -232,6 +234,7 @@ class HubPublisher:
         try:
             self.api.create_repo(self.repo_id, exist_ok=True)
             commit = self.api.create_commit(self.repo_id, operations=operations, commit_message=message)
+            kill_point("hub-push")  # committed, not yet tagged
             if tag_exists:
                 self.api.delete_tag(self.repo_id, tag=self.hub.tag)
             self.api.create_tag(self.repo_id, tag=self.hub.tag, revision=commit.oid, tag_message=message)

@@ -9,18 +9,20 @@ from retrievers import paths, tracking
 from retrievers.config import Params, SpladePhase, XTRContrastivePhase, XTRDistillationPhase
 from retrievers.io import atomic_dir
 from retrievers.train.common import (
+    EpochSeededBatchSampling,
     average_loss_gradients,
     check_finite_weights,
     check_phase_inputs,
+    checkpoint_callback,
     finish_checkpoints,
     launch_torchrun,
     loss_curve_callback,
-    loss_state_callback,
     phase_of,
     prepare_checkpoints,
     prepare_torchrun_rank,
     restore_loss_state,
     set_seed,
+    step_kill_callback,
     trainer_arguments,
 )
 
@@ -65,10 +67,14 @@ def run_phase(params: Params, phase_key: str) -> Path | None:
     with trainer.args.main_process_first(local=False, desc="checkpoint preparation"):
         resume_from = prepare_checkpoints(params, phase_key)
     trainer.add_callback(loss_curve_callback(phase_key))
+    trainer.add_callback(step_kill_callback())
+    sampling = EpochSeededBatchSampling(str(phase.args.batch_sampler))
+    trainer.args.batch_sampler = sampling  # the trainer's own extension point: a batch-sampler factory
+    trainer.add_callback(sampling.callback())
     learnable_temperature = hasattr(trainer.loss, "log_temperature")
     restored_temperature = None
+    trainer.add_callback(checkpoint_callback(trainer.loss if learnable_temperature else None))
     if learnable_temperature:
-        trainer.add_callback(loss_state_callback(trainer.loss))
         restored_temperature = restore_loss_state(trainer.loss, resume_from)
         average_loss_gradients(trainer.loss, model)
     if not trainer.is_world_process_zero():
