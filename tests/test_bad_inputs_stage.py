@@ -40,8 +40,8 @@ def _snapshot(workspace: Path) -> dict:
 
     client = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    files = {str(p.relative_to(workspace)): p.stat().st_mtime_ns
-             for folder in ("models", "runs", "metrics", "model_cards", "plots") for p in (workspace / folder).rglob("*")}
+    folders = ("models", "runs", "metrics", "model_cards", "plots")
+    files = {str(p.relative_to(workspace)): p.stat().st_mtime_ns for f in folders for p in (workspace / f).rglob("*")}
     return {"runs": sorted((r.info.run_id, r.info.status) for r in runs), "files": files}
 
 
@@ -109,7 +109,8 @@ CASES = {
                                r"models/modernbert-xtr-contrastive/model.safetensors: unreadable weights .*; re-run "
                                r"`dvc repro --force train@modernbert-xtr-contrastive`"),
     "negative learning rate": (_negative_learning_rate, pipeline.train, "modernbert-xtr",
-                               r"params.yaml: phases.modernbert-xtr.args.learning_rate: Input should be greater than 0"),
+                               r"params.yaml: phases.modernbert-xtr.args.learning_rate: Input should be greater "
+                               r"than 0"),
     "dangling qrel": (_dangling_qrel, pipeline.evaluate, "modernbert-xtr",
                       r"NanoMSMARCO \[train\] qrels: row 0: corpus-id 'no-such-doc' is not in .* corpus"),
     "nan gate metric": (_nan_gate_metric, pipeline.release, "modernbert-xtr",

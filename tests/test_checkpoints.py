@@ -49,7 +49,7 @@ def test_unsealed_and_corrupt_checkpoints_are_skipped_with_a_warning(tmp_path, m
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 3 and all("\n" not in w for w in warnings)
     assert f"skipping corrupt checkpoint checkpoints/{PHASE}/checkpoint-16 (UnpicklingError" in warnings[0]
-    assert f"checkpoint-12: not sealed" in warnings[1]
+    assert "checkpoint-12: not sealed" in warnings[1]
     assert f"skipping corrupt checkpoint checkpoints/{PHASE}/checkpoint-8 (checkpoints/{PHASE}/checkpoint-8/model." \
            "safetensors: unreadable weights" in warnings[2]
     assert (folder / "checkpoint-16").exists(), "nothing is deleted: the trainer rotates checkpoints itself"

@@ -74,7 +74,7 @@ def test_a_real_full_disk_gives_one_line_and_keeps_previous_outputs(small_disk, 
     model.mkdir(parents=True)
     (model / "config.json").write_text("{}")
     line = _stage_line(capsys, monkeypatch, lambda: write_text_atomic(card, "x" * 400_000))
-    assert line == f"card@modernbert-xtr: error: no space left on device; free disk space (or point the workspace " \
+    assert line == "card@modernbert-xtr: error: no space left on device; free disk space (or point the workspace " \
                    "at a larger disk) and re-run"
     assert card.read_text() == "previous card" and [p.name for p in card.parent.iterdir()] == ["README.md"]
 

@@ -33,7 +33,8 @@ def _write(tmp_path, text: str):
     (f'{{"{GATE}": Infinity}}', rf"{GATE} = inf is not a finite number"),
     (f'{{"{GATE}": null}}', rf"{GATE} = None is not a finite number"),
     (f'{{"{GATE}": "0.9"}}', rf"{GATE} = '0.9' is not a finite number"),
-    (f'{{"{GATE}": 0.59}}', rf"{GATE} = 0.5900 is below the release gate 0.6 \(models.modernbert-xtr.release.gate_min\)"),
+    (f'{{"{GATE}": 0.59}}', rf"{GATE} = 0.5900 is below the release gate 0.6 "
+                            r"\(models.modernbert-xtr.release.gate_min\)"),
     ('{"other": 0.9}', rf"has no '{GATE}'; check models.modernbert-xtr.release.gate_metric"),
     ('{"truncated', r"not valid JSON"),
 ])
