@@ -77,7 +77,8 @@ def check_reachable(timeout: float = 5.0) -> str:
     parts = urllib.parse.urlsplit(uri)
     if parts.scheme not in ("http", "https"):
         return uri
-    shown = parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")).geturl()  # no password
+    host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    shown = parts._replace(netloc=host).geturl()  # without a user or password
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as answer:
             answer.read()

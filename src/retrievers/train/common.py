@@ -176,7 +176,8 @@ class EpochSeededBatchSampling:
     a resumed epoch with epoch 0. Epoch 0's order equals the stock sampler's (the generator seeded with the seed)."""
 
     def __init__(self, kind: str):
-        self.kind, self.samplers = kind, []
+        self.kind = kind
+        self.samplers: list = []
 
     def __repr__(self) -> str:
         return self.kind
