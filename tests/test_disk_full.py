@@ -64,10 +64,11 @@ def small_disk(tmp_path):
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
     yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+    subprocess.run(["umount", "--lazy", str(mount)], check=True)
 
 
 def test_a_real_full_disk_gives_one_line_and_keeps_previous_outputs(small_disk, capsys, monkeypatch):
+    monkeypatch.chdir(small_disk)  # the workspace is on the full disk
     card = small_disk / "model_cards" / "m" / "README.md"
     write_text_atomic(card, "previous card")
     model = small_disk / "models" / "m"
@@ -84,4 +85,17 @@ def test_a_real_full_disk_gives_one_line_and_keeps_previous_outputs(small_disk, 
 
     line = _stage_line(capsys, monkeypatch, save_model)
     assert "no space left on device" in line
+    assert [p.name for p in model.iterdir()] == ["config.json"] and [p.name for p in model.parent.iterdir()] == ["m"]
+
+    def save_weights():  # what save_pretrained calls: safetensors words ENOSPC as its own SafetensorError
+        import torch
+        from safetensors.torch import save_file
+
+        with atomic_dir(model) as scratch:
+            save_file({"weight": torch.zeros(100_000)}, str(scratch / "model.safetensors"))
+
+    for save in (save_weights, lambda: __import__("torch").save({"w": __import__("torch").zeros(100_000)},
+                                                                 small_disk / "optimizer.pt")):
+        line = _stage_line(capsys, monkeypatch, save)
+        assert "no space left on device; free disk space" in line, line
     assert [p.name for p in model.iterdir()] == ["config.json"] and [p.name for p in model.parent.iterdir()] == ["m"]

@@ -7,6 +7,7 @@ print that line and exit with status 1.
 from __future__ import annotations
 
 import errno
+import shutil
 
 
 class InputError(ValueError):
@@ -21,10 +22,21 @@ class TrainingError(RuntimeError):
     """Training finished but its result must not be used (non-finite weights)."""
 
 
-def is_disk_full(error: BaseException) -> bool:
-    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+def is_disk_full(error: BaseException, workspace: str = ".") -> bool:
+    """ENOSPC as an OSError, or as the libraries word it (safetensors: "No space left on device (os error 28)";
+    torch.save's zip writer: "unexpected pos", raised as RuntimeError) when the workspace's disk is (nearly) full."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(error)
+    if "No space left on device" in text or "os error 28" in text:
+        return True
+    try:
+        return "unexpected pos" in text and shutil.disk_usage(workspace).free < 64 * 2**20
+    except OSError:
+        return False
 
 
-def disk_full_line(error: OSError) -> str:
-    where = f" writing {error.filename}" if error.filename else ""
+def disk_full_line(error: BaseException) -> str:
+    filename = getattr(error, "filename", None)
+    where = f" writing {filename}" if filename else ""
     return f"no space left on device{where}; free disk space (or point the workspace at a larger disk) and re-run"

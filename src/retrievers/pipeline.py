@@ -284,7 +284,7 @@ def stage_main(run: Callable[[Params, str], None], argv: list[str] | None = None
         sys.exit(130)
     except errors as error:
         sys.exit(f"{name}@{argv[0]}: error: {error}")
-    except OSError as error:
+    except Exception as error:
         if not is_disk_full(error):
             raise
         sys.exit(f"{name}@{argv[0]}: error: {disk_full_line(error)}")
