@@ -137,6 +137,17 @@ def _running_runs(workspace: Path) -> int:
     return len(client.search_runs(ids, filter_string="attributes.status = 'RUNNING'")) if ids else 0
 
 
+def _resumed_from(workspace: Path, stage: str) -> str | None:
+    """For a training stage: the checkpoint its final run resumed from ('' when it started afresh)."""
+    from mlflow import MlflowClient
+
+    if not stage.startswith("train@"):
+        return None
+    record = json.loads((workspace / "runs" / f"{stage.split('@')[1]}.json").read_text())
+    client = MlflowClient(tracking_uri=f"sqlite:///{workspace}/mlflow.db")
+    return client.get_run(record["run_id"]).data.tags.get("resumed_from")
+
+
 def try_point(reference: Path, workdir: Path, stage: str, point: str, hub_endpoint: str) -> dict:
     workspace = workdir / ("ws-" + point.replace(":", "-").replace("/", "-"))
     shutil.rmtree(workspace, ignore_errors=True)
@@ -158,6 +169,7 @@ def try_point(reference: Path, workdir: Path, stage: str, point: str, hub_endpoi
     if not outcome["hashes_equal"]:
         ours, theirs = _lock_hashes(workspace), _lock_hashes(reference)
         outcome["hash_differences"] = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+    outcome["resumed_from"] = _resumed_from(workspace, stage)
     outcome["leftovers"] = _leftovers(workspace)
     outcome["mlflow_running"] = _running_runs(workspace)
     outcome["passed"] = (outcome["killed"] and resumed.returncode == 0 and outcome["dvc_status_clean"]
