@@ -24,6 +24,7 @@ from retrievers.train.common import (
     set_seed,
     step_kill_callback,
     trainer_arguments,
+    zero_loss_gradients_callback,
 )
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ def run_phase(params: Params, phase_key: str) -> Path | None:
     restored_temperature = None
     trainer.add_callback(checkpoint_callback(trainer.loss if learnable_temperature else None))
     if learnable_temperature:
+        trainer.add_callback(zero_loss_gradients_callback(trainer.loss, model))
         restored_temperature = restore_loss_state(trainer.loss, resume_from)
         average_loss_gradients(trainer.loss, model)
     if not trainer.is_world_process_zero():

@@ -222,6 +222,24 @@ def _epoch_seeded_default(dataset, batch_size, drop_last, valid_label_columns=No
                                    generator=generator, seed=seed)
 
 
+def zero_loss_gradients_callback(loss, model):
+    """A TrainerCallback that clears, after every optimizer step, the gradients of parameters the loss owns beyond
+    the model's (the learnable temperature). The trainer zeroes only ``model``'s gradients, so without this the
+    temperature's gradient would be the running sum of every step's (and a resumed run would restart that sum
+    from zero: a resumed run would not equal an uninterrupted one)."""
+    from transformers import TrainerCallback
+
+    model_params = {id(p) for p in model.parameters()}
+    own = [p for p in loss.parameters() if p.requires_grad and id(p) not in model_params]
+
+    class ZeroLossGradients(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            for param in own:
+                param.grad = None
+
+    return ZeroLossGradients()
+
+
 def step_kill_callback():
     """Kill points of the training loop: ``step:N`` after optimizer step N (see ``retrievers.killpoints``)."""
     from transformers import TrainerCallback
