@@ -87,3 +87,21 @@ def test_a_resumed_epoch_has_the_uninterrupted_order(kind):
     assert resumed[2] == straight[2] and resumed[3] == straight[3]
     assert straight[0] != straight[1], "each epoch is shuffled anew"
     assert repr(EpochSeededBatchSampling(kind)) == kind
+
+
+def test_the_losss_own_gradients_are_cleared_after_each_step():
+    """The trainer zeroes only the model's gradients; the temperature's would otherwise add up over all steps."""
+    from retrievers.train.common import zero_loss_gradients_callback
+
+    model = torch.nn.Linear(2, 2)
+    loss = torch.nn.Module()
+    loss.model = model
+    loss.log_temperature = torch.nn.Parameter(torch.tensor(0.0))
+    callback = zero_loss_gradients_callback(loss, model)
+    for _ in range(3):
+        (model(torch.ones(2)).sum() * loss.log_temperature.exp()).backward()
+        assert loss.log_temperature.grad is not None and model.weight.grad is not None
+        callback.on_step_end(None, None, None)
+        assert loss.log_temperature.grad is None, "cleared"
+        assert model.weight.grad is not None, "the model's are the trainer's business"
+        model.zero_grad()
