@@ -84,7 +84,9 @@ def _from_hub(repo_id: str, revision: str | None) -> Path:
 
     at = f"{repo_id}@{revision}" if revision else repo_id
     try:
-        return Path(snapshot_download(repo_id, revision=revision))
+        from retrievers.data.download import with_retries
+
+        return Path(with_retries(lambda: snapshot_download(repo_id, revision=revision), at))
     except RevisionNotFoundError:
         raise CLIError(f"{at}: {repo_id} has no revision {revision!r} on {constants.ENDPOINT}") from None
     except RepositoryNotFoundError:  # some servers (olah) answer this for a missing revision too
