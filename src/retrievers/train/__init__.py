@@ -17,6 +17,7 @@ from retrievers.train.common import (
     finish_checkpoints,
     launch_torchrun,
     loss_curve_callback,
+    model_card_logs_callback,
     phase_of,
     prepare_checkpoints,
     prepare_torchrun_rank,
@@ -69,6 +70,7 @@ def run_phase(params: Params, phase_key: str) -> Path | None:
         resume_from = prepare_checkpoints(params, phase_key)
     trainer.add_callback(loss_curve_callback(phase_key))
     trainer.add_callback(step_kill_callback())
+    trainer.add_callback(model_card_logs_callback(model))
     sampling = EpochSeededBatchSampling(str(phase.args.batch_sampler))
     trainer.args.batch_sampler = sampling  # the trainer's own extension point: a batch-sampler factory
     trainer.add_callback(sampling.callback())

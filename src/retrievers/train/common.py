@@ -240,6 +240,25 @@ def zero_loss_gradients_callback(loss, model):
     return ZeroLossGradients()
 
 
+def model_card_logs_callback(model):
+    """A TrainerCallback that gives a resumed run's model card (the README.md sentence-transformers saves with the
+    model) the training-loss rows logged before the checkpoint: the library collects them in memory as they are
+    logged, so a resumed run's card would start at the checkpoint and differ from an uninterrupted run's."""
+    from transformers import TrainerCallback
+
+    class RestoreModelCardLogs(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            card = getattr(model, "model_card_data", None)
+            if card is None or state.global_step == 0 or card.training_logs:
+                return
+            card.training_logs.extend(
+                {"Epoch": entry.get("epoch"), "Step": entry["step"], "Training Loss": entry["loss"]}
+                for entry in state.log_history if "loss" in entry and "step" in entry
+            )
+
+    return RestoreModelCardLogs()
+
+
 def step_kill_callback():
     """Kill points of the training loop: ``step:N`` after optimizer step N (see ``retrievers.killpoints``)."""
     from transformers import TrainerCallback
