@@ -135,7 +135,8 @@ CODE = """
 import json, sys
 from pathlib import Path
 from retrievers.config import HubRepo
-from retrievers.data.download import DownloadError, hub_snapshot
+from retrievers.errors import DownloadError
+from retrievers.hub import hub_snapshot
 try:
     path, sha = hub_snapshot(HubRepo(repo_id=sys.argv[1], revision=sys.argv[2], repo_type="model"), Path(sys.argv[3]))
     print(json.dumps({"path": str(path), "sha": sha}))
@@ -178,5 +179,4 @@ def test_a_checksum_mismatch_fails_loudly(olah, tmp_path):
         outcome = _download(proxy.endpoint, sha, tmp_path / "out")
     finally:
         proxy.close()
-    assert outcome.get("error", "").startswith(f"download of model {REPO_ID}@{sha}: checksum mismatch for "
-                                               "model.safetensors"), outcome
+    assert outcome.get("error", "").startswith(f"{REPO_ID}@{sha}: checksum mismatch for model.safetensors"), outcome

@@ -58,14 +58,17 @@ class _Encoder:
 @pytest.mark.parametrize("bundle_values", [[[np.nan, 0.0]], [[0.0, 0.0], [np.nan, 1.0]], [[0.5, 0.0]]])
 def test_verification_refuses_nan_and_real_differences(monkeypatch, tmp_path, config, bundle_values):
     """A NaN anywhere (first or later probe) fails, where max() over the diffs could have skipped it."""
+    import types
+
     import retrievers.evaluate
-    import retrievers.release as release
+    import retrievers.models
 
     trained = [np.zeros(2, np.float32) for _ in bundle_values]
     got = [np.asarray(v, np.float32) for v in bundle_values]
     monkeypatch.setattr(retrievers.evaluate, "load_model", lambda cfg, path: _Encoder(got if "bundle" in str(path)
                                                                                       else trained))
-    monkeypatch.setattr(release, "encode_probe", lambda model, kind, texts: model.vectors)
+    probe = types.SimpleNamespace(encode_probe=lambda model, texts: model.vectors)
+    monkeypatch.setattr(retrievers.models, "for_model", lambda config: probe)
     with pytest.raises(ReleaseError, match=r"does not reproduce the trained model \(max \|diff\| = (nan|0.5)\)"):
         verify_bundle(config, tmp_path / "trained", tmp_path / "bundle")
     assert verify_bundle(config, tmp_path / "trained", tmp_path / "trained") == 0.0

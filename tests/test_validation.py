@@ -47,7 +47,12 @@ def kd_sets(draw):
 
 
 def _tables(kd) -> tuple[pa.Table, pa.Table, pa.Table]:
-    return pa.table(kd["queries"]), pa.table(kd["documents"]), pa.table(kd["train"])
+    queries, documents, train = pa.table(kd["queries"]), pa.table(kd["documents"]), pa.table(kd["train"])
+    for column, value_type in (("document_ids", documents.schema.field("document_id").type), ("scores", pa.float64())):
+        if column in train.column_names and train.schema.field(column).type == pa.list_(pa.null()):  # all lists empty
+            train = train.set_column(train.column_names.index(column), column,
+                                     train.column(column).cast(pa.list_(value_type)))
+    return queries, documents, train
 
 
 def _check(kd) -> None:

@@ -1,25 +1,13 @@
-"""The error types of bad input and environment faults (to fold into issue 13's errors.py once it lands).
-
-Each is raised with one line that names the file, row or key and says how to fix it; ``stage_main`` and the CLI
-print that line and exit with status 1.
-"""
+"""Environment faults: recognising a full disk however a library words it. The error classes live in errors.py."""
 
 from __future__ import annotations
 
 import errno
 import shutil
 
+from retrievers.errors import EnvironmentFault, InputError, TrainingError
 
-class InputError(ValueError):
-    """Bad input a user can fix: a malformed table, an unloadable model folder, a parameter out of range."""
-
-
-class EnvironmentFault(RuntimeError):
-    """The machine, not the input: a full disk, an unreachable tracking server."""
-
-
-class TrainingError(RuntimeError):
-    """Training finished but its result must not be used (non-finite weights)."""
+__all__ = ["EnvironmentFault", "InputError", "TrainingError", "disk_full_line", "is_disk_full"]
 
 
 def is_disk_full(error: BaseException, workspace: str = ".") -> bool:

@@ -17,11 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from retrievers.data.validate import check_kd_tables, row_of_flat
-from retrievers.faults import InputError
-
-
-class KDDataError(InputError):
-    """A malformed KD dataset; the message names the config, column or row."""
+from retrievers.errors import KDDataError
 
 
 @dataclass

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from retrievers import paths, tracking
-from retrievers.config import Params, SpladePhase, XTRContrastivePhase, XTRDistillationPhase
+from retrievers import models, paths, tracking
+from retrievers.config import Params
 from retrievers.io import atomic_dir
 from retrievers.train.common import (
     EpochSeededBatchSampling,
@@ -24,7 +24,6 @@ from retrievers.train.common import (
     restore_loss_state,
     set_seed,
     step_kill_callback,
-    trainer_arguments,
     zero_loss_gradients_callback,
 )
 
@@ -32,27 +31,9 @@ logger = logging.getLogger(__name__)
 
 
 def _build(phase, params: Params, phase_key: str):
-    from sentence_transformers import SentenceTransformerTrainingArguments
-    from sentence_transformers.sparse_encoder import SparseEncoderTrainingArguments
-
-    check_phase_inputs(phase, phase_key)
+    check_phase_inputs(phase, phase_key)  # init and data exist, the init weights load, known optimizer names
     init, data, output = Path(phase.init), Path(phase.data), paths.checkpoint_dir(phase_key)
-    if isinstance(phase, XTRContrastivePhase):
-        from retrievers.train.xtr import contrastive_trainer
-
-        args = trainer_arguments(SentenceTransformerTrainingArguments, phase.args, output, params.seed)
-        return contrastive_trainer(phase, init, data, args)
-    if isinstance(phase, XTRDistillationPhase):
-        from retrievers.train.xtr import distillation_trainer
-
-        args = trainer_arguments(SentenceTransformerTrainingArguments, phase.args, output, params.seed)
-        return distillation_trainer(phase, init, data, args)
-    if isinstance(phase, SpladePhase):
-        from retrievers.train.splade import splade_trainer
-
-        args = trainer_arguments(SparseEncoderTrainingArguments, phase.args, output, params.seed)
-        return splade_trainer(phase, init, data, args, params.seed)
-    raise TypeError(f"no trainer for recipe {type(phase).__name__}")
+    return models.for_phase(phase).trainer(phase, init, data, output, params.seed)
 
 
 def run_phase(params: Params, phase_key: str) -> Path | None:
