@@ -17,8 +17,10 @@ point to a killed run plus a resumed one. tests/test_kill_harness.py runs a few 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -111,8 +113,12 @@ def make_reference(workdir: Path, hub_endpoint: str) -> Path:
 
 def _lock_hashes(workspace: Path) -> dict[str, str]:
     stages = yaml.safe_load((workspace / "dvc.lock").read_text())["stages"]
-    return {out["path"]: out.get("md5", "") for stage in stages.values() for out in stage.get("outs", [])
-            if not out["path"].startswith(("runs/", "releases/"))}  # run ids and registry versions differ by design
+    hashes = {out["path"]: out.get("md5", "") for stage in stages.values() for out in stage.get("outs", [])
+              if not out["path"].startswith(("runs/", "releases/"))}  # run ids and registry versions differ by design
+    for card in sorted((workspace / "model_cards").glob("*/README.md")):  # its provenance names the MLflow run
+        text = re.sub(r"MLflow run: `[0-9a-f]+`", "MLflow run: `<run>`", card.read_text())
+        hashes[str(card.relative_to(workspace))] = hashlib.md5(text.encode()).hexdigest()
+    return hashes
 
 
 def _metrics(workspace: Path) -> dict[str, dict]:
