@@ -45,13 +45,14 @@ def _snapshot(workspace: Path) -> dict:
     return {"runs": sorted((r.info.run_id, r.info.status) for r in runs), "files": files}
 
 
-def _stage_line(stage, key: str, monkeypatch) -> str:
+def _stage_line(stage, key: str, monkeypatch, capsys) -> str:
     monkeypatch.setattr("sys.argv", [f"stages/{stage.__name__}.py", key])
+    capsys.readouterr()
     with pytest.raises(SystemExit) as exit_:
         pipeline.stage_main(stage, [key])
-    message = str(exit_.value.code)
-    assert exit_.value.code != 0 and "\n" not in message, message
-    return message
+    lines = [line for line in capsys.readouterr().err.splitlines() if ": error: " in line]
+    assert exit_.value.code == 1 and len(lines) == 1, lines
+    return lines[0]
 
 
 def _rewrite(path: Path, change) -> None:
@@ -119,13 +120,13 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_is_one_line_and_nothing_is_written(case, workspace, monkeypatch):
+def test_bad_input_is_one_line_and_nothing_is_written(case, workspace, monkeypatch, capsys):
     import re
 
     damage, stage, key, message = CASES[case]
     damage(workspace)
     before = _snapshot(workspace)
-    line = _stage_line(stage, key, monkeypatch)
+    line = _stage_line(stage, key, monkeypatch, capsys)
     assert re.search(message, line), line
     assert _snapshot(workspace) == before, "a refused stage must write nothing (files, MLflow runs)"
     assert not (workspace / "releases").exists()

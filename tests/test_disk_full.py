@@ -17,11 +17,12 @@ from retrievers.io import atomic_dir, write_json_atomic, write_text_atomic
 def _stage_line(capsys, monkeypatch, body) -> str:
     monkeypatch.setattr(pipeline, "load_params", lambda: None)
     monkeypatch.setattr("sys.argv", ["stages/card.py", "modernbert-xtr"])
+    capsys.readouterr()
     with pytest.raises(SystemExit) as exit_:
-        pipeline.stage_main(lambda params, key: body())
-    message = str(exit_.value.code)
-    assert "\n" not in message and exit_.value.code != 0
-    return message
+        pipeline.stage_main(lambda params, key: body(), ["modernbert-xtr"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 1 and len(lines) == 1, lines
+    return lines[0]
 
 
 def test_injected_enospc_in_a_model_save_keeps_the_previous_model(tmp_path, capsys, monkeypatch):

@@ -249,8 +249,8 @@ class Params(Strict):
                 raise ValueError(f"phases.{key}.model: {phase.model!r} is not a key of models")
             for field in ("init", "data"):
                 folder = getattr(phase, field)
-                kind, _, name = folder.partition("/")
-                known = self.sources if kind == "data" else self.phases if kind == "models" else {}
+                top, _, name = folder.partition("/")
+                known = self.sources if top == "data" else self.phases if top == "models" else {}
                 if name not in known:
                     raise ValueError(
                         f"phases.{key}.{field}: {folder!r} names no source (data/<key>) or phase (models/<key>)"

@@ -7,6 +7,12 @@ Entry points (the stage scripts, the ``retrievers`` command, ``python -m retriev
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
 
 class RetrieversError(Exception):
     """Something the user can fix; the message is one line saying what and how."""
@@ -47,3 +53,29 @@ class EnvironmentFault(RetrieversError, RuntimeError):
 
 class TrainingError(RetrieversError, RuntimeError):
     """Training finished but its result must not be used (non-finite weights)."""
+class MissingInputError(RetrieversError, FileNotFoundError):
+    """A file or folder a stage needs is not there; the message names it and the stage that makes it."""
+
+
+# What an entry point reports as one line: our errors, and a missing file named by the operating system.
+USER_ERRORS: tuple[type[BaseException], ...] = (RetrieversError, FileNotFoundError)
+
+
+def exit_on_user_error(name: str, run: Callable[[], T]) -> T:
+    """Run an entry point's body; an error the user can fix ends the process with ``<name>: error: <message>``
+    (one line on stderr) and exit status 1. Anything else is a bug and keeps its traceback."""
+    from retrievers.faults import disk_full_line, is_disk_full
+
+    try:
+        return run()
+    except USER_ERRORS as error:
+        print(f"{name}: error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (stage_main turns it into this): the MLflow run ended KILLED
+        print(f"{name}: interrupted; nothing was written (re-run to resume)", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
+    except Exception as error:  # a full disk, however the library words it, is the user's to fix
+        if not is_disk_full(error):
+            raise
+        print(f"{name}: error: {disk_full_line(error)}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None

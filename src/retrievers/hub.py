@@ -13,11 +13,11 @@ import re
 import shutil
 from pathlib import Path
 
-from retrievers import models
 from retrievers.config import HubRepo
 from retrievers.errors import CLIError, DownloadError
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_TIMEOUT_S = 10.0  # per request: an unreachable Hub fails within seconds, not after the library's retries
 
 
 RETRIES = int(os.environ.get("RETRIEVERS_HUB_RETRIES", "5"))
@@ -129,16 +129,15 @@ def hub_snapshot(repo: HubRepo, local_dir: Path | None = None, at: str | None = 
         "no Hub access here: run the offline smoke profile instead (`make smoke`), or allow network "
         "access and unset HF_HUB_OFFLINE"
     )
-    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
     try:
         # Resolve a branch to its commit first, so what was fetched is recorded exactly.
         # Transient failures (5xx, dropped connections) are retried with backoff; partial files are resumed.
         info = with_retries(lambda: HfApi().repo_info(repo.repo_id, revision=repo.revision, repo_type=repo.repo_type,
-                                                      files_metadata=True), at)
+                                                      files_metadata=True, timeout=HUB_TIMEOUT_S), at)
         sha = info.sha or repo.revision
         path = with_retries(lambda: snapshot_download(
             repo.repo_id, revision=sha, repo_type=repo.repo_type, local_dir=local_dir,
-            allow_patterns=repo.allow_patterns,
+            allow_patterns=repo.allow_patterns, etag_timeout=HUB_TIMEOUT_S,
         ), at)
         verify_checksums(Path(path), info.siblings or [], at, repo, sha)
     except (LocalEntryNotFoundError, OfflineModeIsEnabled, OSError, httpx.TransportError) as error:
@@ -174,7 +173,6 @@ def fetch(spec: str, out: Path | None = None) -> Path:
     if out is not None:
         shutil.copytree(folder, out, dirs_exist_ok=True)
         folder = out
-    models.folder_kind(folder)
     return folder
 
 

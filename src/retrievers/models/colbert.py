@@ -5,14 +5,13 @@ The one place that knows how this kind is built, loaded, encoded, evaluated, ind
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import numpy as np
 
 from retrievers.config import ColBERTConfig
+from retrievers.errors import MissingInputError
 
 KIND = "colbert"
 ARCHITECTURE_NAME = "ColBERT"  # the repr of the libraries' model object, as the published cards print it
@@ -133,22 +132,45 @@ def _local_pylate_sets(root: Path) -> dict[str, str]:
     return {name: str(folder) for name, folder in folders.items() if folder.exists()}
 
 
-@contextmanager
-def _pylate_sets_from(local: dict[str, str]):
-    """Point PyLate's evaluator at the local copies.
+def _local_evaluator_class():
+    """PyLate's NanoBEIREvaluator reading each set from a local folder, through its ``_load_dataset`` override point.
 
-    PyLate 1.6 reads the repository ids from a module-level mapping and has no ``dataset_id`` argument;
-    the mapping is patched for the duration of the evaluation only."""
-    from pylate.evaluation import nano_beir_evaluator as module
+    PyLate 1.6 maps a set's name to a Hub repository id in a module-level table and has no ``dataset_id``
+    argument; its evaluator builds every per-set evaluator in ``_load_dataset(name, **kwargs)``, which this
+    subclass overrides to read the local copy of that repository instead (same columns, same filtering)."""
+    from datasets import load_dataset
+    from pylate.evaluation import NanoBEIREvaluator, PyLateInformationRetrievalEvaluator
 
-    with mock.patch.dict(module.MAPPING_DATASET_NAME_TO_ID, local):
-        yield
+    class LocalNanoBEIREvaluator(NanoBEIREvaluator):
+        def __init__(self, local_sets: dict[str, str], **kwargs):
+            self.local_sets = local_sets  # read by _load_dataset, which the parent's __init__ calls
+            super().__init__(**kwargs)
+
+        def _load_dataset(self, dataset_name, **ir_evaluator_kwargs):
+            folder = self.local_sets[dataset_name.lower()]
+            corpus, queries, qrels = (load_dataset(folder, part, split="train")
+                                      for part in ("corpus", "queries", "qrels"))
+            relevant: dict[str, set[str]] = {}
+            for query_id, corpus_id in zip(qrels["query-id"], qrels["corpus-id"], strict=True):
+                relevant.setdefault(query_id, set()).add(corpus_id)
+            for option, prompts in (("query_prompt", self.query_prompts), ("corpus_prompt", self.corpus_prompts)):
+                if prompts is not None:
+                    ir_evaluator_kwargs[option] = prompts.get(dataset_name, None)
+            return PyLateInformationRetrievalEvaluator(
+                queries={i: text for i, text in zip(queries["_id"], queries["text"], strict=True) if text},
+                corpus={i: text for i, text in zip(corpus["_id"], corpus["text"], strict=True) if text},
+                relevant_docs=relevant,
+                name=self._get_human_readable_name(dataset_name),
+                **ir_evaluator_kwargs,
+            )
+
+    return LocalNanoBEIREvaluator
 
 
 def _check_sets(names: list[str], available: dict[str, str], root: Path) -> None:
     missing = [n for n in names if n not in available]
     if missing:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{root}: no local copy of NanoBEIR set(s) {missing}; add them to the source's "
             "members in params.yaml or drop them from evaluation.datasets"
         )
@@ -163,44 +185,15 @@ def evaluation_sets(evaluation, root: Path) -> dict[str, tuple[str, str]]:
 
 def evaluate(model, evaluation, root: Path) -> dict:
     """PyLate's NanoBEIREvaluator on the local copies of the sets under ``root``."""
-    from pylate.evaluation import NanoBEIREvaluator
-
     local = _local_pylate_sets(root)
     _check_sets(evaluation.datasets, local, root)
-    with _pylate_sets_from(local):
-        evaluator = NanoBEIREvaluator(
-            dataset_names=evaluation.datasets, batch_size=evaluation.batch_size, show_progress_bar=False
-        )
-        return evaluator(model)
+    evaluator = _local_evaluator_class()(
+        local, dataset_names=evaluation.datasets, batch_size=evaluation.batch_size, show_progress_bar=False
+    )
+    return evaluator(model)
 
 
 # ------------------------------------------------------------------------------------------------ card
-def loss_description(phase) -> tuple[str, dict]:
-    """The phase's loss and its parameters, as train/ builds it (the card's 'Loss ... with these parameters')."""
-    common = {"temperature": phase.temperature, "learnable_temperature": phase.learnable_temperature}
-    if phase.recipe == "xtr-contrastive":
-        return "retrievers.losses.LearnableTemperatureContrastive (pylate.losses.Contrastive)", {
-            "score_metric": f"pylate.scores.XTRScores(k={phase.k_train})",
-            **common,
-            "gather_across_devices": phase.gather_across_devices,
-        }
-    return "retrievers.losses.LearnableTemperatureDistillation (pylate.losses.Distillation)", {
-        "score_metric": f"pylate.scores.XTRKDScores(k={phase.k_train})",
-        **common,
-        "n_ways": phase.n_ways,
-        "teacher_scores": phase.teacher_scores,
-    }
-
-
-def dataset_size(phase) -> int | None:
-    return phase.args.max_steps * phase.args.per_device_train_batch_size if phase.args.max_steps > 0 else None
-
-
-def size_text(phase, size: int) -> str:
-    args = phase.args
-    return f"{size:,} training samples ({args.max_steps:,} steps x batch {args.per_device_train_batch_size})"
-
-
 def embedding_size(phase, model_dir: Path) -> int:
     return phase.colbert.embedding_size
 
@@ -217,6 +210,5 @@ CARD_STYLE = {  # the published card's front matter (retrievers.cards.CardStyle)
         "sentence-similarity",
         "feature-extraction",
         "generated_from_trainer",
-        "loss:Distillation",
     ),
 }

@@ -169,24 +169,6 @@ def evaluate(model, evaluation, root: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ card
-def loss_description(phase) -> tuple[str, dict]:
-    """The phase's loss and its parameters, as train/ builds it (the card's 'Loss ... with these parameters')."""
-    return "sentence_transformers.sparse_encoder.losses.SpladeLoss", {
-        "loss": "SparseMultipleNegativesRankingLoss(scale=1.0, similarity_fct='dot_score')",
-        "document_regularizer_weight": phase.document_regularizer_weight,
-        "query_regularizer_weight": phase.query_regularizer_weight,
-        "regularizer_warmup_ratio": phase.regularizer_warmup_ratio,
-    }
-
-
-def dataset_size(phase) -> int | None:
-    return phase.max_train_samples
-
-
-def size_text(phase, size: int) -> str:
-    return f"{size:,} training samples"
-
-
 def embedding_size(phase, model_dir: Path) -> int:
     """The vocabulary size: one dimension per token."""
     return json.loads((model_dir / "config.json").read_text())["vocab_size"]
@@ -203,8 +185,5 @@ CARD_STYLE = {  # the published card's front matter (retrievers.cards.CardStyle)
         "sparse",
         "splade",
         "generated_from_trainer",
-        "loss:SpladeLoss",
-        "loss:SparseMultipleNegativesRankingLoss",
-        "loss:FlopsLoss",
     ),
 }

@@ -26,6 +26,7 @@ from retrievers.train.common import (
     step_kill_callback,
     zero_loss_gradients_callback,
 )
+from retrievers.train.record import training_record, write_record
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +78,11 @@ def run_phase(params: Params, phase_key: str) -> Path | None:
             mlflow.log_metric("final_temperature", float(trainer.loss.temperature))
         check_finite_weights(model, phase_key)
         target = paths.model_dir(phase_key)
+        record = training_record(phase_key, phase, trainer, Path(phase.init), Path(phase.data))
+        mlflow.log_dict(record, "training_record.json")
         with atomic_dir(target) as scratch:
             model.save_pretrained(str(scratch))
+            write_record(scratch, record)  # the card's facts, beside the weights they describe
         logger.info("saved %s (MLflow run %s)", target, run.info.run_id)
     finish_checkpoints(phase_key)
     return target

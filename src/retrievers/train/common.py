@@ -14,7 +14,7 @@ from pathlib import Path
 
 from retrievers import paths
 from retrievers.config import Params, PhaseBase, TrainerArgs
-from retrievers.faults import InputError, TrainingError
+from retrievers.errors import InputError, MissingInputError, TrainingError
 from retrievers.io import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def check_phase_inputs(phase: PhaseBase, phase_key: str) -> None:
                              f"{', '.join(names[:12])}{', ...' if len(names) > 12 else ''}")
     for folder in (Path(phase.init), Path(phase.data)):
         if not folder.exists():
-            raise FileNotFoundError(f"{folder} does not exist; run `dvc repro` so its stage produces it first")
+            raise MissingInputError(f"{folder} does not exist; run `dvc repro` so its stage produces it first")
     init = Path(phase.init)
     fix = (f"re-run `dvc repro --force train@{init.name}`" if init.parts[0] == "models"
            else f"re-run `dvc repro --force download@{init.name}`")
@@ -176,7 +176,7 @@ class EpochSeededBatchSampling:
     a resumed epoch with epoch 0. Epoch 0's order equals the stock sampler's (the generator seeded with the seed)."""
 
     def __init__(self, kind: str):
-        self.kind = kind
+        self.kind = self.value = kind  # `value`: recorded (training_record.json, card) like the enum it stands for
         self.samplers: list = []
 
     def __repr__(self) -> str:
