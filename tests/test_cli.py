@@ -54,3 +54,22 @@ def test_unknown_model_and_missing_index_are_one_line(tmp_path):
     assert "is not an index" in _error("search", str(tmp_path), "a query")
     assert "one of the two" in _error("search", str(tmp_path))
     assert "--format 'xml'" in _error("search", str(tmp_path), "q", "--format", "xml")
+
+
+def test_index_refuses_a_folder_it_did_not_write_and_keeps_its_files(tmp_path):
+    (tmp_path / "c.jsonl").write_text('{"id": "1", "text": "a"}\n')
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("my notes")
+    line = _error("index", str(tmp_path / "model"), str(tmp_path / "c.jsonl"), str(tmp_path / "mine"))
+    assert "is not empty and is not an index (no retrievers-index.json)" in line and "--overwrite" in line
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "my notes"
+    (tmp_path / "file").write_text("x")
+    assert "exists and is not a folder" in _error("index", "m", str(tmp_path / "c.jsonl"), str(tmp_path / "file"))
+
+
+@pytest.mark.parametrize("row", ['{"id": "7", "text": null}', '{"_id": 7, "text": 3}'])
+def test_a_row_whose_text_is_not_a_string_is_one_line(tmp_path, row):
+    (tmp_path / "c.jsonl").write_text('{"id": "1", "text": "a"}\n' + row + "\n")
+    line = _error("index", str(tmp_path / "model"), str(tmp_path / "c.jsonl"), str(tmp_path / "idx"))
+    assert "c.jsonl: row 2 (" in line and "'text' is" in line and "not a string; fix or drop the row" in line
+    assert not (tmp_path / "idx").exists()

@@ -26,7 +26,7 @@ def test_killed_training_resumes_from_its_checkpoint(smoke_run, tmp_path):
     command = [sys.executable, "stages/train.py", PHASE]
 
     process = subprocess.Popen(command, cwd=workspace, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first_checkpoint = workspace / "checkpoints" / PHASE / "checkpoint-20" / "loss_temperature.pt"  # written last
+    first_checkpoint = workspace / "checkpoints" / PHASE / "checkpoint-20" / "checkpoint_complete.json"  # written last
     deadline = time.monotonic() + 300
     while not first_checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -19,7 +19,7 @@ from rich.table import Table
 from retrievers import models
 from retrievers.errors import CLIError, exit_on_user_error
 from retrievers.hub import fetch
-from retrievers.search import build_index, encode, load, read_records, search_index
+from retrievers.search import build_index, check_index_target, encode, load, read_records, search_index
 
 app = typer.Typer(
     help="Download released retrievers, encode texts, index a corpus and search it.",
@@ -71,11 +71,14 @@ def encode_command(
 def index(
     model: Annotated[str, typer.Argument(help="model folder or anything `download` accepts")],
     corpus: Annotated[Path, typer.Argument(help="jsonl or parquet corpus with id and text")],
-    index_dir: Annotated[Path, typer.Argument(help="folder to write the index into (replaced if it exists)")],
+    index_dir: Annotated[Path, typer.Argument(help="folder to write the index into: new, empty, or an index "
+                                                   "`retrievers index` wrote (replaced)")],
+    overwrite: Annotated[bool, typer.Option(help="replace INDEX_DIR even if it holds other files")] = False,
 ):
     """Encode a corpus and build its index: PLAID for ColBERT, Seismic for SPLADE."""
 
     def body():
+        check_index_target(index_dir, overwrite)
         records = read_records(corpus)
         build_index(fetch(model), records, corpus, index_dir)
 

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from retrievers.errors import ConfigError
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # ----------------------------------------------------------------------------------------------- sources
@@ -61,16 +61,16 @@ class Source(Strict):
 
 # ------------------------------------------------------------------------------------------------ models
 class ColBERTConfig(Strict):
-    embedding_size: int = 128
-    query_length: int = 32
-    document_length: int = 512
+    embedding_size: int = Field(128, ge=1)
+    query_length: int = Field(32, ge=1)
+    document_length: int = Field(512, ge=1)
     query_prefix: str = ""
     document_prefix: str = ""
     attend_to_expansion_tokens: bool = False
 
 
 class SpladeConfig(Strict):
-    max_seq_length: int = 256
+    max_seq_length: int = Field(256, ge=1)
     pooling_strategy: Literal["max", "sum"] = "max"
     activation_function: Literal["relu", "log1p_relu"] = "relu"
 
@@ -80,8 +80,8 @@ class PyLateNanoBEIR(Strict):
 
     evaluator: Literal["pylate-nanobeir"]
     data: str = Field(description="source key whose members are the Nano* sets")
-    datasets: list[str]
-    batch_size: int = 32
+    datasets: list[str] = Field(min_length=1)
+    batch_size: int = Field(32, ge=1)
 
 
 class SparseNanoBEIR(Strict):
@@ -89,8 +89,8 @@ class SparseNanoBEIR(Strict):
 
     evaluator: Literal["sparse-nanobeir"]
     data: str = Field(description="source key of a NanoBEIR-en style dataset")
-    datasets: list[str]
-    batch_size: int = 32
+    datasets: list[str] = Field(min_length=1)
+    batch_size: int = Field(32, ge=1)
 
 
 class HubPushConfig(Strict):
@@ -133,22 +133,22 @@ class TrainerArgs(Strict):
     ``optim``, ``ddp_find_unused_parameters`` and ``average_tokens_across_devices`` are pinned to the values
     in the published cards: transformers 5 changed their defaults (see ``python -m tools.hyperparameters``)."""
 
-    per_device_train_batch_size: int
-    gradient_accumulation_steps: int = 1
-    learning_rate: float
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
+    per_device_train_batch_size: int = Field(ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    learning_rate: float = Field(gt=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
     lr_scheduler_type: str = "linear"
-    max_steps: int = -1
-    num_train_epochs: float = 1.0
+    max_steps: int = Field(-1, description="-1: train for num_train_epochs")
+    num_train_epochs: float = Field(1.0, gt=0)
     fp16: bool = False
     bf16: bool = False
     torch_compile: bool = False
-    logging_steps: int = 10
-    save_steps: int = 500
-    save_total_limit: int = 2
+    logging_steps: int = Field(10, ge=1)
+    save_steps: int = Field(500, ge=1)
+    save_total_limit: int = Field(2, ge=1)
     dataloader_drop_last: bool = True
-    dataloader_num_workers: int = 0
+    dataloader_num_workers: int = Field(0, ge=0)
     batch_sampler: Literal["batch_sampler", "no_duplicates"] = "batch_sampler"
     optim: str = "adamw_torch"
     learning_rate_mapping: dict[str, float] = Field(
@@ -158,12 +158,19 @@ class TrainerArgs(Strict):
     ddp_find_unused_parameters: bool | None = False
     average_tokens_across_devices: bool = False
 
+    @field_validator("max_steps")
+    @classmethod
+    def _steps(cls, value: int) -> int:
+        if value == 0 or value < -1:
+            raise ValueError("must be -1 (train for num_train_epochs) or a positive number of steps")
+        return value
+
 
 class PhaseBase(Strict):
     model: str = Field(description="key in `models` this phase trains towards")
     init: str = Field(description="folder the phase starts from: data/<base model> or models/<earlier phase>")
     data: str = Field(description="folder of the training dataset: data/<source key>")
-    max_train_samples: int | None = None
+    max_train_samples: int | None = Field(None, ge=1)
     nproc_per_node: int = Field(
         1, ge=1, description="training processes on this node (one per GPU); above 1 train@ runs under torchrun (DDP)"
     )
@@ -173,7 +180,7 @@ class PhaseBase(Strict):
 class XTRContrastivePhase(PhaseBase):
     recipe: Literal["xtr-contrastive"]
     colbert: ColBERTConfig
-    k_train: int = 256
+    k_train: int = Field(256, ge=1)
     temperature: float = Field(0.05, gt=0, description="the scores are divided by it (its initial value if learnable)")
     learnable_temperature: bool = Field(
         True, description="a parameter registered on the model, trained at the model's lr and weight decay (the fork)"
@@ -184,8 +191,8 @@ class XTRContrastivePhase(PhaseBase):
 class XTRDistillationPhase(PhaseBase):
     recipe: Literal["xtr-distillation"]
     colbert: ColBERTConfig
-    k_train: int = 256
-    n_ways: int = 16
+    k_train: int = Field(256, ge=1)
+    n_ways: int = Field(16, ge=2, description="documents per query: the positive and at least one negative")
     temperature: float = Field(1.0, gt=0, description="the student scores are divided by it (initial if learnable)")
     learnable_temperature: bool = True
     minmax_normalize_scores: bool = Field(
@@ -216,13 +223,14 @@ class SpladePhase(PhaseBase):
     )
     muon: MuonConfig | None = Field(default=MuonConfig(), description="null: AdamW for every parameter")
     teacher_scores: Literal["train", "train_unormalized"] = "train_unormalized"
-    n_negatives: int = 1
-    query_regularizer_weight: float = 3e-4
-    document_regularizer_weight: float = 3e-4
+    n_negatives: int = Field(1, ge=1)
+    query_regularizer_weight: float = Field(3e-4, ge=0)
+    document_regularizer_weight: float = Field(3e-4, ge=0)
     regularizer_warmup_ratio: float = Field(
-        0.333, description="fraction of training over which regularizer weights ramp up from 0 (explicit schedule)"
+        0.333, ge=0, le=1,
+        description="fraction of training over which regularizer weights ramp up from 0 (explicit schedule)"
     )
-    eval_samples: int = 0
+    eval_samples: int = Field(0, ge=0)
     gather_across_devices: bool = True
 
 
@@ -237,7 +245,7 @@ class Params(Strict):
     """The whole of params.yaml."""
 
     profile: Literal["published", "smoke"]
-    seed: int
+    seed: int = Field(ge=0)
     tracking: TrackingConfig = TrackingConfig()
     sources: dict[str, Source]
     models: dict[str, ModelConfig]
@@ -275,7 +283,11 @@ class Params(Strict):
 def _key_path(loc: tuple, raw: Any) -> str:
     """Pydantic's error location as the user's dotted key path: union tags are not keys of the YAML."""
     parts, node = [], raw
-    for part in loc:
+    for i, part in enumerate(loc):
+        following = loc[i + 1] if i + 1 < len(loc) else None
+        if (isinstance(node, dict) and part in node and following in node and isinstance(node[part], dict)
+                and following not in node[part]):
+            continue  # a union tag that is also a key (recipe "splade" beside the key `splade`)
         if isinstance(node, dict) and part in node:
             parts.append(str(part))
             node = node[part]

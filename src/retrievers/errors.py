@@ -26,7 +26,12 @@ class DataError(RetrieversError, ValueError):
     """A malformed input dataset or file; the message names the file, config, column or row."""
 
 
-class KDDataError(DataError):
+class InputError(DataError):
+    """Bad input a user can fix: a malformed table (row and id named), an unloadable model folder, a parameter out
+    of range."""
+
+
+class KDDataError(InputError):
     """A malformed KD dataset; the message names the config, column or row."""
 
 
@@ -42,6 +47,12 @@ class CLIError(RetrieversError):
     """Bad input to the ``retrievers`` command: printed as one line, exit status 1."""
 
 
+class EnvironmentFault(RetrieversError, RuntimeError):
+    """The machine, not the input: a full disk, an unreachable tracking server."""
+
+
+class TrainingError(RetrieversError, RuntimeError):
+    """Training finished but its result must not be used (non-finite weights)."""
 class MissingInputError(RetrieversError, FileNotFoundError):
     """A file or folder a stage needs is not there; the message names it and the stage that makes it."""
 
@@ -53,8 +64,18 @@ USER_ERRORS: tuple[type[BaseException], ...] = (RetrieversError, FileNotFoundErr
 def exit_on_user_error(name: str, run: Callable[[], T]) -> T:
     """Run an entry point's body; an error the user can fix ends the process with ``<name>: error: <message>``
     (one line on stderr) and exit status 1. Anything else is a bug and keeps its traceback."""
+    from retrievers.faults import disk_full_line, is_disk_full
+
     try:
         return run()
     except USER_ERRORS as error:
         print(f"{name}: error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (stage_main turns it into this): the MLflow run ended KILLED
+        print(f"{name}: interrupted; nothing was written (re-run to resume)", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
+    except Exception as error:  # a full disk, however the library words it, is the user's to fix
+        if not is_disk_full(error):
+            raise
+        print(f"{name}: error: {disk_full_line(error)}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None

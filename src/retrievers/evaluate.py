@@ -13,6 +13,25 @@ from retrievers import models, paths
 from retrievers.config import ModelConfig, Params, PyLateNanoBEIR, SparseNanoBEIR
 
 
+def check_evaluation_data(evaluation: PyLateNanoBEIR | SparseNanoBEIR) -> None:
+    """Each configured NanoBEIR set's corpus, queries and qrels load and agree (``data.validate``), before any model
+    is loaded."""
+    from datasets import load_dataset
+
+    from retrievers.data.validate import check_evaluation_set
+
+    root = paths.source_dir(evaluation.data)
+    for name, (folder, split) in models.for_evaluation(evaluation).evaluation_sets(evaluation, root).items():
+        tables = {}
+        for subset in ("corpus", "queries", "qrels"):
+            try:
+                tables[subset] = load_dataset(folder, subset, split=split).data.table
+            except (ValueError, FileNotFoundError) as error:
+                raise FileNotFoundError(f"{folder}: cannot load {subset} split {split!r} of NanoBEIR set {name!r} "
+                                        f"({str(error).splitlines()[0]}); re-run its download stage") from None
+        check_evaluation_set(tables["corpus"], tables["queries"], tables["qrels"], f"{folder} [{split}]")
+
+
 def evaluate_with(model, evaluation: PyLateNanoBEIR | SparseNanoBEIR) -> dict[str, float]:
     """Run the configured evaluator on an already loaded model."""
     results = models.for_evaluation(evaluation).evaluate(model, evaluation, paths.source_dir(evaluation.data))

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 import shutil
 from pathlib import Path
@@ -16,6 +18,94 @@ from retrievers.errors import CLIError, DownloadError
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 HUB_TIMEOUT_S = 10.0  # per request: an unreachable Hub fails within seconds, not after the library's retries
+
+
+RETRIES = int(os.environ.get("RETRIEVERS_HUB_RETRIES", "5"))
+BACKOFF_SECONDS = float(os.environ.get("RETRIEVERS_HUB_BACKOFF", "1.0"))
+
+
+def _transient(error: BaseException) -> bool:
+    """A dropped connection, a timeout or a 5xx answer: worth another try (huggingface_hub's downloads retry only
+    408/429 answers themselves). Partial files stay as ``.incomplete`` and the next try resumes them (Range)."""
+    import httpx
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if isinstance(error, httpx.TransportError):
+        return True
+    if isinstance(error, HfHubHTTPError) and error.response is not None:
+        return error.response.status_code >= 500
+    return isinstance(error, OSError) and "Consistency check failed" in str(error)
+
+
+def with_retries(call, what: str, retries: int | None = None, backoff: float | None = None):
+    """``call()``, tried again up to ``retries`` times after transient failures, waiting backoff * 2**attempt."""
+    import logging
+    import time
+
+    retries = RETRIES if retries is None else retries
+    backoff = BACKOFF_SECONDS if backoff is None else backoff
+    for attempt in range(retries + 1):
+        try:
+            return call()
+        except Exception as error:
+            if attempt == retries or not _transient(error):
+                raise
+            wait = backoff * 2**attempt
+            logging.getLogger(__name__).warning("%s: %s (%s); retrying in %.1f s (%d/%d)", what, type(error).__name__,
+                                                str(error).splitlines()[0] if str(error) else "", wait, attempt + 1,
+                                                retries)
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
+def _git_blob_sha1(path: Path) -> str:
+    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _etag(repo: HubRepo, sha: str, filename: str) -> str | None:
+    """The file's ETag at ``sha`` (a HEAD request): its sha256 if stored in LFS, its git blob sha1 otherwise."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    url = hf_hub_url(repo.repo_id, filename, revision=sha, repo_type=repo.repo_type)
+    etag = with_retries(lambda: get_hf_file_metadata(url).etag, f"{repo.repo_id}/{filename}")
+    return etag.strip('"').removeprefix("W/").strip('"') if etag else None
+
+
+def verify_checksums(folder: Path, siblings, what: str, repo: HubRepo | None = None, sha: str = "") -> int:
+    """Every downloaded file against the Hub's record of it: sha256 for LFS files, the git blob sha1 otherwise
+    (from the repository's file metadata, or else the file's ETag). A mismatch fails loudly (DownloadError naming
+    the file); returns how many files were checked."""
+    checked = 0
+    for sibling in siblings:
+        path = folder / sibling.rfilename
+        if not path.is_file():
+            continue  # not fetched (allow_patterns)
+        lfs = getattr(sibling, "lfs", None)
+        expected = lfs.sha256 if lfs else sibling.blob_id
+        if expected is None and repo is not None:
+            expected = _etag(repo, sha, sibling.rfilename)
+        if expected is None:
+            continue
+        actual = _sha256(path) if len(expected) == 64 else _git_blob_sha1(path)
+        if actual != expected:
+            raise DownloadError(
+                f"{what}: checksum mismatch for {sibling.rfilename} (got {actual[:12]}, the Hub "
+                f"records {expected[:12]}); delete {path} and re-run the download"
+            )
+        checked += 1
+    return checked
 
 
 def hub_snapshot(repo: HubRepo, local_dir: Path | None = None, at: str | None = None) -> tuple[Path, str]:
@@ -41,12 +131,15 @@ def hub_snapshot(repo: HubRepo, local_dir: Path | None = None, at: str | None = 
     )
     try:
         # Resolve a branch to its commit first, so what was fetched is recorded exactly.
-        info = HfApi().repo_info(repo.repo_id, revision=repo.revision, repo_type=repo.repo_type, timeout=HUB_TIMEOUT_S)
+        # Transient failures (5xx, dropped connections) are retried with backoff; partial files are resumed.
+        info = with_retries(lambda: HfApi().repo_info(repo.repo_id, revision=repo.revision, repo_type=repo.repo_type,
+                                                      files_metadata=True, timeout=HUB_TIMEOUT_S), at)
         sha = info.sha or repo.revision
-        path = snapshot_download(
+        path = with_retries(lambda: snapshot_download(
             repo.repo_id, revision=sha, repo_type=repo.repo_type, local_dir=local_dir,
             allow_patterns=repo.allow_patterns, etag_timeout=HUB_TIMEOUT_S,
-        )
+        ), at)
+        verify_checksums(Path(path), info.siblings or [], at, repo, sha)
     except (LocalEntryNotFoundError, OfflineModeIsEnabled, OSError, httpx.TransportError) as error:
         kind = type(error).__name__
         raise DownloadError(f"{at}: download of {repo.repo_type} {repo.repo_id} failed ({kind}); {hint}") from None

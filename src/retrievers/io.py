@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -12,27 +13,56 @@ from pathlib import Path
 from typing import Any
 
 
+def remove_stale_scratch(target: Path) -> None:
+    """Remove scratch copies of ``target`` that a killed process left beside it (``.<name>.*``). A workspace runs
+    one ``dvc repro`` at a time (DVC's lock), so any such copy belongs to a dead run."""
+    if target.parent.is_dir():
+        for stale in target.parent.glob(f".{glob.escape(target.name)}.*"):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield a scratch folder beside ``target``; on success it replaces ``target`` in one rename."""
+    """Yield a scratch folder beside ``target``; on success it replaces ``target`` (a kill at any point leaves the
+    old ``target`` or the new one, never a mix; leftovers of a killed run are removed at the next write)."""
+    from retrievers.killpoints import kill_point
+
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_scratch(target)
     scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         yield scratch
+        kill_point(f"atomic:{target.as_posix()}")
         if target.exists():
-            shutil.rmtree(target)
-        os.replace(scratch, target)
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.replace(target, old / target.name)
+            os.replace(scratch, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(scratch, target)
     finally:
         if scratch.exists():
-            shutil.rmtree(scratch)
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and one rename: a kill or a full disk leaves the previous
+    file as it was (and no temporary file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_scratch(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def write_json_atomic(path: Path, data: Any, sort_keys: bool = True) -> None:

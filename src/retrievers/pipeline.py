@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from retrievers import paths, tracking
 from retrievers.config import ConfigError, Params, flatten, load_params
 from retrievers.errors import exit_on_user_error
 from retrievers.io import write_json_atomic, write_text_atomic
+from retrievers.killpoints import kill_point
 
 logger = logging.getLogger("retrievers")
 
@@ -32,6 +34,7 @@ def download(params: Params, key: str) -> None:
 def train(params: Params, phase_key: str) -> None:
     from retrievers.train import run_phase
 
+    tracking.check_reachable()
     run_phase(params, phase_key)
 
 
@@ -44,11 +47,16 @@ def _model(params: Params, model_key: str):
 def evaluate(params: Params, model_key: str) -> None:
     import mlflow
 
-    from retrievers.evaluate import evaluate_model
+    from retrievers.data.validate import check_model_folder
+    from retrievers.evaluate import check_evaluation_data, evaluate_model
     from retrievers.reports import log_plot, write_ndcg_plot
 
     _model(params, model_key)
+    tracking.check_reachable()
+    check_model_folder(paths.model_dir(model_key), f"re-run `dvc repro --force train@{model_key}`")
+    check_evaluation_data(params.models[model_key].evaluation)
     metrics = evaluate_model(params, model_key)
+    kill_point("evaluated")
     write_json_atomic(paths.metrics_file(model_key), metrics, sort_keys=False)  # the evaluator's order, as cards
     ndcg_plot = write_ndcg_plot(model_key, metrics)
     with tracking.resume_run(params, model_key, stage="evaluate"):
@@ -175,6 +183,7 @@ def card(params: Params, model_key: str) -> None:
                        records[-1]["data"]["train_samples"], loss_tags)
     entries = eval_result_entries(metrics, _evaluation_datasets(params, model_key, metrics))
     write_text_atomic(paths.eval_results_file(model_key), yaml.safe_dump(entries, sort_keys=False))
+    kill_point("card")  # between the card's two files
     write_text_atomic(paths.card_file(model_key), text)
 
 
@@ -182,10 +191,15 @@ def release(params: Params, model_key: str) -> None:
     from retrievers.release import release_model
 
     _model(params, model_key)
+    tracking.check_reachable()
     release_model(params, model_key)
 
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def stage_main(run: Callable[[Params, str], None], argv: list[str] | None = None) -> None:
@@ -200,6 +214,8 @@ def stage_main(run: Callable[[Params, str], None], argv: list[str] | None = None
     def command(key: Annotated[str, typer.Argument(help="the stage key (a key of sources, phases or models)")]) -> None:
         logging.basicConfig(level=os.environ.get("RETRIEVERS_LOG_LEVEL", "INFO"),
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM ends the stage's MLflow run KILLED, as Ctrl-C does
+        kill_point(f"start:{name}")
         exit_on_user_error(f"{name}@{key}", lambda: run(load_params(), key))
 
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)

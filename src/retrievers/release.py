@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 from importlib import metadata
@@ -24,6 +25,7 @@ from retrievers import models, paths, tracking
 from retrievers.config import ModelConfig, Params
 from retrievers.errors import ReleaseError
 from retrievers.io import atomic_dir, write_json_atomic
+from retrievers.killpoints import kill_point
 
 logger = logging.getLogger(__name__)
 ALIAS = "candidate"
@@ -32,19 +34,31 @@ HUB_OWN_FILES = (".gitattributes",)  # created by the Hub with the repository, n
 
 
 def check_gate(model_key: str, config: ModelConfig, metrics_path: Path) -> float:
+    """The gate metric's value; refuses a missing file or metric, a value that is not a finite number (NaN compares
+    false with everything, so it is named explicitly) and one below ``gate_min``."""
+    key = f"models.{model_key}.release"
     if not metrics_path.exists():
         raise ReleaseError(f"{metrics_path} is missing; run `dvc repro evaluate@{model_key}` before releasing")
-    metrics = json.loads(metrics_path.read_text())
-    if config.release.gate_metric not in metrics:
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except json.JSONDecodeError as error:
+        raise ReleaseError(f"{metrics_path}: not valid JSON ({error}); re-run `dvc repro evaluate@{model_key}`"
+                           ) from None
+    if not isinstance(metrics, dict) or config.release.gate_metric not in metrics:
         raise ReleaseError(
-            f"{metrics_path} has no {config.release.gate_metric!r}; check "
-            f"models.{model_key}.release.gate_metric in params.yaml"
+            f"{metrics_path} has no {config.release.gate_metric!r}; check {key}.gate_metric in params.yaml"
         )
-    value = float(metrics[config.release.gate_metric])
-    if value < config.release.gate_min:
+    raw = metrics[config.release.gate_metric]
+    value = float(raw) if isinstance(raw, int | float) and not isinstance(raw, bool) else math.nan
+    if not math.isfinite(value):
+        raise ReleaseError(
+            f"{metrics_path}: {config.release.gate_metric} = {raw!r} is not a finite number; the model cannot be "
+            f"released (re-train it: `dvc repro --force train@{model_key}`)"
+        )
+    if not value >= config.release.gate_min:
         raise ReleaseError(
             f"{config.release.gate_metric} = {value:.4f} is below the release gate "
-            f"{config.release.gate_min} (models.{model_key}.release.gate_min)"
+            f"{config.release.gate_min} ({key}.gate_min)"
         )
     return value
 
@@ -58,10 +72,11 @@ def verify_bundle(config: ModelConfig, trained: Path, bundle: Path) -> float:
     kind = models.for_model(config)
     expected = kind.encode_probe(load_model(config, trained.resolve()), probe)
     got = kind.encode_probe(load_model(config, bundle.resolve()), probe)
-    worst = max(
-        float(np.max(np.abs(a - b))) if a.shape == b.shape else float("inf") for a, b in zip(expected, got, strict=True)
-    )
-    if worst > 1e-5:
+    diffs = [float(np.max(np.abs(a - b))) if a.shape == b.shape and a.size else math.inf
+             for a, b in zip(expected, got, strict=True)]
+    # Not max(): max() with a NaN depends on the order; any NaN (a NaN weight) must fail, so test "not <=".
+    worst = math.nan if any(math.isnan(d) for d in diffs) else max(diffs)
+    if not worst <= 1e-5:
         raise ReleaseError(f"bundle {bundle} does not reproduce the trained model (max |diff| = {worst:.3g})")
     return worst
 
@@ -124,6 +139,7 @@ def register(params: Params, model_key: str, bundle: Path) -> dict:
             registered_model_name=config.release.registered_model_name,
         )
         version = info.registered_model_version
+        kill_point("registry")  # registered, alias not yet moved
         client = MlflowClient()
         client.set_registered_model_alias(config.release.registered_model_name, ALIAS, version)
         client.set_model_version_tag(config.release.registered_model_name, version, "run_id", run.info.run_id)
@@ -206,6 +222,7 @@ class HubPublisher:
             stale = sorted(set(self.api.list_repo_files(self.repo_id)) - set(names) - set(HUB_OWN_FILES))
             operations += [CommitOperationDelete(path_in_repo=name) for name in stale]
             commit = self.api.create_commit(self.repo_id, operations=operations, commit_message=message)
+            kill_point("hub-push")  # committed, not yet tagged
             if tag_exists:
                 self.api.delete_tag(self.repo_id, tag=self.hub.tag)
             self.api.create_tag(self.repo_id, tag=self.hub.tag, revision=commit.oid, tag_message=message)
@@ -220,7 +237,10 @@ class HubPublisher:
 def release_model(params: Params, model_key: str) -> dict:
     config = params.models[model_key]
     hub = config.release.hub
+    from retrievers.data.validate import check_model_folder
+
     gate_value = check_gate(model_key, config, paths.metrics_file(model_key))
+    check_model_folder(paths.model_dir(model_key), f"re-run `dvc repro --force train@{model_key}`")
     publisher = HubPublisher(model_key, config) if hub.push and not hub.dry_run else None
     tag_exists = publisher.preflight() if publisher else False  # refuse before anything is written
     bundle = paths.release_dir(model_key)

@@ -8,7 +8,6 @@ models (both in :mod:`retrievers.models`). Corpora and query files are jsonl or 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from types import ModuleType
 
@@ -17,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from retrievers import models
 from retrievers.errors import CLIError
+from retrievers.io import atomic_dir
 
 console = Console(stderr=True)
 INDEX_RECORD = "retrievers-index.json"
@@ -53,6 +53,9 @@ def read_records(path: Path) -> list[dict]:
         key = "id" if isinstance(row, dict) and "id" in row else "_id"
         if not isinstance(row, dict) or key not in row or "text" not in row:
             raise CLIError(f"{path}: row {number} needs an 'id' (or '_id') and a 'text' field")
+        if not isinstance(row["text"], str):
+            raise CLIError(f"{path}: row {number} ({key} {row[key]!r}): 'text' is {type(row['text']).__name__}, "
+                           "not a string; fix or drop the row")
         text = f"{row['title']} {row['text']}" if row.get("title") else row["text"]
         records.append({"id": str(row[key]), "text": text})
     if not records:
@@ -73,19 +76,28 @@ def encode(kind: ModuleType, model, texts: list[str], is_query: bool, what: str)
     return kind.stack(parts)
 
 
+def check_index_target(index_dir: Path, overwrite: bool) -> None:
+    """Refuse to replace a folder that holds anything but an index this command wrote (a user's files would go)."""
+    if overwrite or not index_dir.exists():
+        return
+    if not index_dir.is_dir():
+        raise CLIError(f"{index_dir} exists and is not a folder; choose another index folder")
+    if any(index_dir.iterdir()) and not (index_dir / INDEX_RECORD).exists():
+        raise CLIError(f"{index_dir} is not empty and is not an index (no {INDEX_RECORD}); choose another folder "
+                       "or pass --overwrite to replace it and everything in it")
+
+
 def build_index(folder: Path, records: list[dict], corpus: Path, index_dir: Path) -> int:
     """Encode the ``records`` of ``corpus`` with the model in ``folder``; write their index into ``index_dir``
     (replaced)."""
     kind, loaded = load(folder)
     embeddings = encode(kind, loaded, [r["text"] for r in records], False, "documents")
-    if index_dir.exists():
-        shutil.rmtree(index_dir)
-    index_dir.mkdir(parents=True)
     ids = [r["id"] for r in records]
-    with console.status(f"building the {kind.INDEX_NAME} index"):
-        kind.build_index(index_dir, ids, embeddings)
-    record = {"kind": kind.KIND, "model": str(folder.resolve()), "documents": len(ids), "corpus": str(corpus)}
-    (index_dir / INDEX_RECORD).write_text(json.dumps(record, indent=2))
+    with atomic_dir(index_dir) as scratch:  # built aside, then swapped in: a failed build leaves the old index
+        with console.status(f"building the {kind.INDEX_NAME} index"):
+            kind.build_index(scratch, ids, embeddings)
+        record = {"kind": kind.KIND, "model": str(folder.resolve()), "documents": len(ids), "corpus": str(corpus)}
+        (scratch / INDEX_RECORD).write_text(json.dumps(record, indent=2))
     console.print(f"indexed {len(ids)} documents with {kind.KIND} into {index_dir}")
     return len(ids)
 

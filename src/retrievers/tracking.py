@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,9 +16,11 @@ from typing import Any
 
 from retrievers import paths
 from retrievers.config import Params, flatten
+from retrievers.faults import EnvironmentFault
 from retrievers.io import write_json_atomic
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+OWNER_PID, OWNER_HOST = "retrievers.pid", "retrievers.host"  # which process holds a RUNNING run
 SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD")
 
 
@@ -63,20 +66,91 @@ def _ensure_experiment(name: str) -> str:
     return mlflow.create_experiment(name, artifact_location=location)
 
 
+def check_reachable(timeout: float = 5.0) -> str:
+    """The tracking URI, after checking that a tracking server (http/https) answers its /health endpoint: a server
+    that is down fails here with one line, at the start of a stage, not after MLflow's minutes of retries."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return uri
+    host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    shown = parts._replace(netloc=host).geturl()  # without a user or password
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as answer:
+            answer.read()
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise EnvironmentFault(
+            f"the MLflow tracking server at MLFLOW_TRACKING_URI={shown} does not answer ({reason}); start it, or "
+            "unset MLFLOW_TRACKING_URI to track into the local mlflow.db"
+        ) from None
+    return uri
+
+
+def _owner_tags() -> dict[str, str]:
+    return {OWNER_PID: str(os.getpid()), OWNER_HOST: socket.gethostname()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def end_orphaned_runs(experiment_id: str) -> list[str]:
+    """Mark KILLED the runs of this experiment still RUNNING whose process (pid and host tags) is gone: a stage
+    killed by SIGKILL cannot end its own run, so the next start of any stage ends it."""
+    from mlflow import MlflowClient
+
+    client, host, ended = MlflowClient(), socket.gethostname(), []
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=200):
+        tags = run.data.tags
+        if tags.get(OWNER_HOST) == host and OWNER_PID in tags and not _alive(int(tags[OWNER_PID])):
+            client.set_terminated(run.info.run_id, status="KILLED")
+            ended.append(run.info.run_id)
+    return ended
+
+
+@contextmanager
+def _ending(run) -> Iterator[Any]:
+    """End the active run FINISHED, KILLED (interrupt, SIGTERM) or FAILED (any other error)."""
+    import mlflow
+
+    try:
+        yield run
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run("FINISHED")
+
+
 @contextmanager
 def phase_run(params: Params, phase_key: str, stage: str) -> Iterator[Any]:
-    """Start a new run for a training phase and record its id for the later stages."""
+    """Start a new run for a training phase; only when the body succeeds, record its id for the later stages
+    (runs/<phase>.json never points at a failed run)."""
     import mlflow
 
     configure()
     model_key = params.phases[phase_key].model
     experiment_id = _ensure_experiment(experiment_name(params, model_key))
-    with mlflow.start_run(
-        experiment_id=experiment_id, run_name=phase_key, tags=base_tags(params, stage) | {"phase": phase_key}
-    ) as run:
+    end_orphaned_runs(experiment_id)
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=phase_key,
+                           tags=base_tags(params, stage) | {"phase": phase_key} | _owner_tags())
+    with _ending(run):
         mlflow.log_params(flatten(params.phases[phase_key], "phase.") | {"seed": params.seed, "model": model_key})
-        write_json_atomic(paths.run_record(phase_key), {"run_id": run.info.run_id, "experiment_id": experiment_id})
         yield run
+        write_json_atomic(paths.run_record(phase_key), {"run_id": run.info.run_id, "experiment_id": experiment_id})
 
 
 @contextmanager
@@ -86,9 +160,10 @@ def resume_run(params: Params, model_key: str, stage: str) -> Iterator[Any]:
 
     configure()
     record = json.loads(paths.run_record(model_key).read_text())
-    with mlflow.start_run(run_id=record["run_id"]) as run:
-        mlflow.set_tag(f"stage.{stage}", "done")
-        mlflow.set_tag("stage", stage)
+    end_orphaned_runs(record["experiment_id"])
+    run = mlflow.start_run(run_id=record["run_id"])
+    with _ending(run):
+        mlflow.set_tags({f"stage.{stage}": "done", "stage": stage} | _owner_tags())
         yield run
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from retrievers.data.validate import check_kd_tables, row_of_flat
 from retrievers.errors import KDDataError
 
 
@@ -39,33 +40,43 @@ def _load_config(root: Path, config: str, columns: list[str]):
     return dataset
 
 
-def _positions(ids: pa.ChunkedArray | pa.Array, universe: pa.ChunkedArray, what: str, root: Path) -> pa.Array:
+def _positions(ids, universe: pa.ChunkedArray, what: str, where: str, lists=None) -> pa.Array:
+    """Row positions of ``ids`` in ``universe``; a missing id is named with its row (``lists``: the list column
+    that ``ids`` is the flattening of)."""
     positions = pc.index_in(ids, value_set=universe.combine_chunks())
     if positions.null_count:
-        first = pc.filter(ids, pc.is_null(positions))[0]
-        raise KDDataError(f"{root}: {what} {first} is referenced by the scores but missing from its table")
+        first = pc.index(pc.is_null(positions), True).as_py()
+        row = row_of_flat(lists, first)[0] if lists is not None else first
+        raise KDDataError(
+            f"{where}: row {row}: {what} {ids[first].as_py()!r} is referenced by the scores but missing from its "
+            "table; fix or drop it in the source and re-run its download stage"
+        )
     return positions
 
 
-def load_kd_tables(root: Path, scores_config: str) -> KDTables:
-    """Load the three configs and attach row positions of every referenced query and document."""
-    queries = _load_config(root, "queries", ["query_id", "text"])
-    documents = _load_config(root, "documents", ["document_id", "text"])
-    train = _load_config(root, scores_config, ["query_id", "document_ids", "scores"])
-    q, d, t = queries.data.table, documents.data.table, train.data.table
-    lengths_ids = pc.list_value_length(t.column("document_ids"))
-    lengths_scores = pc.list_value_length(t.column("scores"))
-    if not pc.all(pc.equal(lengths_ids, lengths_scores)).as_py():
-        row = pc.index(pc.equal(lengths_ids, lengths_scores), False).as_py()
-        raise KDDataError(f"{root}: {scores_config} row {row}: document_ids and scores differ in length")
-    query_pos = _positions(t.column("query_id"), q.column("query_id"), "query_id", root)
-    flat_ids = pc.list_flatten(t.column("document_ids"))
-    doc_pos_flat = _positions(flat_ids, d.column("document_id"), "document_id", root)
+def attach_positions(queries: pa.Table, documents: pa.Table, train: pa.Table, where: str) -> pa.Table:
+    """``train`` with ``query_pos`` and ``document_pos``: the rows of its ids in the queries and documents tables."""
+    lengths_ids = pc.list_value_length(train.column("document_ids"))
+    query_pos = _positions(train.column("query_id"), queries.column("query_id"), "query_id", where)
+    flat_ids = pc.list_flatten(train.column("document_ids"))
+    doc_pos_flat = _positions(flat_ids, documents.column("document_id"), "document_id", where,
+                              lists=train.column("document_ids"))
     offsets = np.concatenate([[0], np.cumsum(lengths_ids.to_numpy(zero_copy_only=False))]).astype(np.int32)
     document_pos = pa.ListArray.from_arrays(
         pa.array(offsets), doc_pos_flat.combine_chunks() if isinstance(doc_pos_flat, pa.ChunkedArray) else doc_pos_flat
     )
-    train_table = t.append_column("query_pos", query_pos).append_column("document_pos", document_pos)
+    return train.append_column("query_pos", query_pos).append_column("document_pos", document_pos)
+
+
+def load_kd_tables(root: Path, scores_config: str) -> KDTables:
+    """Load the three configs, check them (``data.validate``) and attach row positions of every referenced query
+    and document."""
+    queries = _load_config(root, "queries", ["query_id", "text"])
+    documents = _load_config(root, "documents", ["document_id", "text"])
+    train = _load_config(root, scores_config, ["query_id", "document_ids", "scores"])
+    q, d, t = queries.data.table, documents.data.table, train.data.table
+    check_kd_tables(root, scores_config, q, d, t)
+    train_table = attach_positions(q, d, t, f"{root} config {scores_config!r}")
     return KDTables(queries=queries.select_columns(["text"]), documents=documents.select_columns(["text"]),
                     train=train_table)
 

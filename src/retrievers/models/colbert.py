@@ -176,6 +176,13 @@ def _check_sets(names: list[str], available: dict[str, str], root: Path) -> None
         )
 
 
+def evaluation_sets(evaluation, root: Path) -> dict[str, tuple[str, str]]:
+    """Set name -> (folder, split) that the evaluator reads: one zeta-alpha-ai repository per set, split train."""
+    local = _local_pylate_sets(root)
+    _check_sets(evaluation.datasets, local, root)
+    return {name: (local[name], "train") for name in evaluation.datasets}
+
+
 def evaluate(model, evaluation, root: Path) -> dict:
     """PyLate's NanoBEIREvaluator on the local copies of the sets under ``root``."""
     local = _local_pylate_sets(root)

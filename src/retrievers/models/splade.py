@@ -144,6 +144,17 @@ def search(index_dir: Path, queries: list[dict], encoded, k: int) -> list[list[d
 
 
 # ----------------------------------------------------------------------------------------- evaluation
+def evaluation_sets(evaluation, root: Path) -> dict[str, tuple[str, str]]:
+    """Set name -> (folder, split) that the evaluator reads: one NanoBEIR-en folder, a split per set."""
+    from sentence_transformers.evaluation.NanoBEIREvaluator import DATASET_NAME_TO_HUMAN_READABLE
+
+    unknown = [n for n in evaluation.datasets if n.lower() not in DATASET_NAME_TO_HUMAN_READABLE]
+    if unknown:
+        raise FileNotFoundError(f"{root}: unknown NanoBEIR set(s) {unknown}; use names of "
+                                f"{sorted(DATASET_NAME_TO_HUMAN_READABLE)}")
+    return {n: (str(root), f"Nano{DATASET_NAME_TO_HUMAN_READABLE[n.lower()]}") for n in evaluation.datasets}
+
+
 def evaluate(model, evaluation, root: Path) -> dict:
     """sentence-transformers' SparseNanoBEIREvaluator on the local NanoBEIR-en copy at ``root``."""
     from sentence_transformers.sparse_encoder.evaluation import SparseNanoBEIREvaluator

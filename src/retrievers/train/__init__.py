@@ -8,19 +8,23 @@ from pathlib import Path
 
 from retrievers import models, paths, tracking
 from retrievers.config import Params
-from retrievers.errors import MissingInputError
 from retrievers.io import atomic_dir
 from retrievers.train.common import (
+    EpochSeededBatchSampling,
     average_loss_gradients,
+    check_finite_weights,
+    check_phase_inputs,
+    checkpoint_callback,
     finish_checkpoints,
     launch_torchrun,
     loss_curve_callback,
-    loss_state_callback,
+    model_card_logs_callback,
     phase_of,
     prepare_checkpoints,
     prepare_torchrun_rank,
     restore_loss_state,
     set_seed,
+    step_kill_callback,
 )
 from retrievers.train.record import training_record, write_record
 
@@ -28,10 +32,8 @@ logger = logging.getLogger(__name__)
 
 
 def _build(phase, params: Params, phase_key: str):
+    check_phase_inputs(phase, phase_key)  # init and data exist, the init weights load, known optimizer names
     init, data, output = Path(phase.init), Path(phase.data), paths.checkpoint_dir(phase_key)
-    for folder in (init, data):
-        if not folder.exists():
-            raise MissingInputError(f"{folder} does not exist; run `dvc repro` so its stage produces it first")
     return models.for_phase(phase).trainer(phase, init, data, output, params.seed)
 
 
@@ -52,12 +54,19 @@ def run_phase(params: Params, phase_key: str, callbacks: Sequence = ()) -> Path 
     trainer.add_callback(loss_curve_callback(phase_key))
     for callback in callbacks:
         trainer.add_callback(callback)
+    trainer.add_callback(step_kill_callback())
+    trainer.add_callback(model_card_logs_callback(model))
+    sampling = EpochSeededBatchSampling(str(phase.args.batch_sampler))
+    trainer.args.batch_sampler = sampling  # the trainer's own extension point: a batch-sampler factory
+    trainer.add_callback(sampling.callback())
     from retrievers.losses import temperature_parameter
 
+    # The learnable temperature is a parameter registered on the model (the fork), so the trainer's zero_grad and
+    # gradient clipping cover it; checkpoints store it beside the saved modules.
     temperature = temperature_parameter(trainer.loss)
     restored_temperature = None
+    trainer.add_callback(checkpoint_callback(temperature))
     if temperature is not None:
-        trainer.add_callback(loss_state_callback(temperature))
         restored_temperature = restore_loss_state(temperature, resume_from)
     average_loss_gradients(trainer.loss, model)
     if not trainer.is_world_process_zero():
@@ -73,6 +82,7 @@ def run_phase(params: Params, phase_key: str, callbacks: Sequence = ()) -> Path 
         trainer.train(resume_from_checkpoint=resume_from)
         if temperature is not None:
             mlflow.log_metric("final_temperature", float(temperature))
+        check_finite_weights(model, phase_key)
         target = paths.model_dir(phase_key)
         record = training_record(phase_key, phase, trainer, Path(phase.init), Path(phase.data))
         mlflow.log_dict(record, "training_record.json")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -13,6 +14,8 @@ from pathlib import Path
 
 from retrievers import paths
 from retrievers.config import Params, PhaseBase, TrainerArgs
+from retrievers.errors import InputError, MissingInputError, TrainingError
+from retrievers.io import write_json_atomic
 
 logger = logging.getLogger(__name__)
 CONFIG_STAMP = "phase_config.json"
@@ -36,32 +39,109 @@ def trainer_arguments(args_cls: type, args: TrainerArgs, output_dir: Path, seed:
     )
 
 
+def check_phase_inputs(phase: PhaseBase, phase_key: str) -> None:
+    """What typed config cannot check, before anything is built: the trainer's optimizer and schedule names and
+    the init model folder's weights. (The training data is checked as it is loaded.)"""
+    from transformers.trainer_utils import SchedulerType
+    from transformers.training_args import OptimizerNames
+
+    from retrievers.data.validate import check_model_folder
+
+    args = phase.args
+    for key, value, known in (("optim", args.optim, OptimizerNames), ("lr_scheduler_type", args.lr_scheduler_type,
+                                                                         SchedulerType)):
+        names = [item.value for item in known]
+        if value not in names:
+            raise InputError(f"params.yaml: phases.{phase_key}.args.{key}: unknown {value!r}; use one of "
+                             f"{', '.join(names[:12])}{', ...' if len(names) > 12 else ''}")
+    for folder in (Path(phase.init), Path(phase.data)):
+        if not folder.exists():
+            raise MissingInputError(f"{folder} does not exist; run `dvc repro` so its stage produces it first")
+    init = Path(phase.init)
+    fix = (f"re-run `dvc repro --force train@{init.name}`" if init.parts[0] == "models"
+           else f"re-run `dvc repro --force download@{init.name}`")
+    check_model_folder(init, fix)
+
+
+def check_finite_weights(model, phase_key: str) -> None:
+    """Refuse to save a model with NaN or infinite weights (training diverged): nothing downstream may trust it."""
+    import torch
+
+    bad = [name for name, param in model.named_parameters() if not bool(torch.isfinite(param).all())]
+    if bad:
+        raise TrainingError(
+            f"train@{phase_key}: training produced non-finite weights in {len(bad)} tensor(s) (first: {bad[0]}); "
+            f"the model was not saved: lower phases.{phase_key}.args.learning_rate or check the training data"
+        )
+
+
 def prepare_checkpoints(params: Params, phase_key: str) -> str | None:
     """The checkpoint to resume from, if an earlier run of *this same* phase config was killed.
 
-    Checkpoints of a different config (params changed since) are removed rather than resumed."""
+    Checkpoints of a different config (params changed since) are removed rather than resumed. Only sealed
+    checkpoints count (``CHECKPOINT_SEAL``, written last by ``checkpoint_callback``): one a kill cut short is never
+    chosen. The newest sealed one that does not load (a corrupt file) is skipped with a warning naming it."""
     folder = paths.checkpoint_dir(phase_key)
     stamp = json.dumps({"phase": params.phases[phase_key].model_dump(mode="json"), "seed": params.seed}, sort_keys=True)
     digest = hashlib.sha256(stamp.encode()).hexdigest()
     stamp_file = folder / CONFIG_STAMP
-    if folder.exists() and (not stamp_file.exists() or json.loads(stamp_file.read_text())["sha256"] != digest):
+    if folder.exists() and (not _stamp_matches(stamp_file, digest)):
         logger.info("removing checkpoints of another config in %s", folder)
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    stamp_file.write_text(json.dumps({"sha256": digest}))
-    candidates = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    complete = [c for c in candidates if (c / "trainer_state.json").exists()]
-    if complete:
-        logger.info("resuming %s from %s", phase_key, complete[-1])
-        return str(complete[-1])
+    write_json_atomic(stamp_file, {"sha256": digest})
+    candidates = sorted(folder.glob("checkpoint-*"), key=_checkpoint_step, reverse=True)
+    for candidate in candidates:
+        if not (candidate / CHECKPOINT_SEAL).exists():
+            logger.warning("skipping %s: not sealed (its save was interrupted)", candidate)
+            continue
+        problem = checkpoint_problem(candidate)
+        if problem:
+            logger.warning("skipping corrupt checkpoint %s (%s); using the one before it", candidate, problem)
+            continue
+        logger.info("resuming %s from %s", phase_key, candidate)
+        return str(candidate)
     return None
 
 
-LOSS_STATE = "loss_temperature.pt"
+def _stamp_matches(stamp_file: Path, digest: str) -> bool:
+    try:
+        return json.loads(stamp_file.read_text())["sha256"] == digest
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
-def loss_state_callback(temperature):
-    """A TrainerCallback that stores the learnable temperature (a Parameter) in every checkpoint.
+def _checkpoint_step(path: Path) -> int:
+    suffix = path.name.rsplit("-", 1)[-1]
+    return int(suffix) if suffix.isdigit() else -1
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """Why ``checkpoint`` cannot be resumed from (None if it can): its trainer state and JSON parse, its weights'
+    headers cover their files, and the optimizer/scheduler/RNG/temperature files load."""
+    import torch
+
+    from retrievers.data.validate import check_model_folder
+
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())
+        check_model_folder(checkpoint, "")
+        for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", LOSS_STATE):
+            if (checkpoint / name).exists():
+                torch.load(checkpoint / name, map_location="cpu", weights_only=False)
+    except InputError as error:
+        return str(error).rstrip("; ")
+    except Exception as error:  # noqa: BLE001  any unreadable file: the message names it
+        return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    return None
+
+
+CHECKPOINT_SEAL = "checkpoint_complete.json"
+
+
+def checkpoint_callback(temperature=None):
+    """A TrainerCallback that completes every checkpoint: the learnable temperature (a Parameter, when there is one),
+    then the seal file, written last and atomically, so a checkpoint without it was cut short.
 
     Trainer checkpoints hold the model's saved modules and the optimizer, not a parameter registered on the
     model itself; without this a resumed run would restart the temperature at its initial value while its
@@ -69,13 +149,110 @@ def loss_state_callback(temperature):
     import torch
     from transformers import TrainerCallback
 
-    class SaveTemperature(TrainerCallback):
+    from retrievers.killpoints import kill_point
+
+    class SealCheckpoint(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if folder.is_dir():
+            if not folder.is_dir():
+                return
+            kill_point(f"checkpoint-save:{state.global_step}")
+            if temperature is not None:
                 torch.save({"temperature": temperature.detach().cpu()}, folder / LOSS_STATE)
+            write_json_atomic(folder / CHECKPOINT_SEAL, {"step": state.global_step})
 
-    return SaveTemperature()
+    return SealCheckpoint()
+
+
+LOSS_STATE = "loss_temperature.pt"
+
+
+class EpochSeededBatchSampling:
+    """The trainer's batch sampler (``args.batch_sampler`` as a factory, sentence-transformers' extension point),
+    shuffled with seed + epoch, where the epoch comes from the trainer's state at ``on_epoch_begin``.
+
+    Why: transformers 5 no longer replays earlier epochs on resume, so the stock ``RandomSampler`` (one generator
+    seeded once) gives a resumed run epoch 0's order again; and accelerate's ``skip_first_batches`` wraps the sampler
+    in a ``SkipBatchSampler`` that does not forward ``set_epoch``, so even ``NoDuplicatesBatchSampler`` would reseed
+    a resumed epoch with epoch 0. Epoch 0's order equals the stock sampler's (the generator seeded with the seed)."""
+
+    def __init__(self, kind: str):
+        self.kind = self.value = kind  # `value`: recorded (training_record.json, card) like the enum it stands for
+        self.samplers: list = []
+
+    def __repr__(self) -> str:
+        return self.kind
+
+    def __getstate__(self) -> dict:  # the trainer pickles its args into each checkpoint: not the samplers
+        return {"kind": self.kind, "samplers": []}
+
+    def __call__(self, dataset, **kwargs):
+        from sentence_transformers.sampler import NoDuplicatesBatchSampler
+
+        sampler = (NoDuplicatesBatchSampler(dataset, **kwargs) if self.kind == "no_duplicates"
+                   else _epoch_seeded_default(dataset, **kwargs))
+        self.samplers.append(sampler)
+        return sampler
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        samplers = self.samplers
+
+        class SamplerEpoch(TrainerCallback):
+            def on_epoch_begin(self, args, state, control, **kwargs):
+                for sampler in samplers:
+                    sampler.set_epoch(math.floor((state.epoch or 0.0) + 1e-6))
+
+        return SamplerEpoch()
+
+
+def _epoch_seeded_default(dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0):
+    import torch
+    from sentence_transformers.sampler import DefaultBatchSampler
+    from torch.utils.data import RandomSampler
+
+    class EpochSeededBatchSampler(DefaultBatchSampler):
+        def __iter__(self):
+            self.generator.manual_seed(self.seed + self.epoch)
+            return super().__iter__()
+
+    generator = generator if generator is not None else torch.Generator()
+    return EpochSeededBatchSampler(RandomSampler(dataset, generator=generator), batch_size=batch_size,
+                                   drop_last=drop_last, valid_label_columns=valid_label_columns,
+                                   generator=generator, seed=seed)
+
+
+def model_card_logs_callback(model):
+    """A TrainerCallback that gives a resumed run's model card (the README.md sentence-transformers saves with the
+    model) the training-loss rows logged before the checkpoint: the library collects them in memory as they are
+    logged, so a resumed run's card would start at the checkpoint and differ from an uninterrupted run's."""
+    from transformers import TrainerCallback
+
+    class RestoreModelCardLogs(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            card = getattr(model, "model_card_data", None)
+            if card is None or state.global_step == 0 or card.training_logs:
+                return
+            card.training_logs.extend(
+                {"Epoch": entry.get("epoch"), "Step": entry["step"], "Training Loss": entry["loss"]}
+                for entry in state.log_history if "loss" in entry and "step" in entry
+            )
+
+    return RestoreModelCardLogs()
+
+
+def step_kill_callback():
+    """Kill points of the training loop: ``step:N`` after optimizer step N (see ``retrievers.killpoints``)."""
+    from transformers import TrainerCallback
+
+    from retrievers.killpoints import kill_point
+
+    class StepKillPoints(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            kill_point(f"step:{state.global_step}")
+
+    return StepKillPoints()
 
 
 def loss_curve_callback(phase_key: str):

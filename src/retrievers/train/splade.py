@@ -116,8 +116,8 @@ def splade_trainer(phase: SpladePhase, init: Path, data: Path, args, seed: int):
 
     from retrievers.data.kd import load_kd_tables, splade_triplets
 
-    model = build_splade(init, phase.splade)
     tables = load_kd_tables(data, phase.teacher_scores)
+    model = build_splade(init, phase.splade)
     train, triplets = splade_triplets(
         tables, phase.n_negatives, seed, phase.max_train_samples, with_scores=phase.loss != "mnrl"
     )

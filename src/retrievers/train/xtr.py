@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from retrievers.config import XTRContrastivePhase, XTRDistillationPhase
-from retrievers.errors import DataError
 from retrievers.models.colbert import build_colbert
 
 
@@ -14,13 +13,12 @@ def contrastive_trainer(phase: XTRContrastivePhase, init: Path, data: Path, args
     from pylate import losses, scores, utils
     from sentence_transformers import SentenceTransformerTrainer
 
+    from retrievers.data.validate import check_triplets
     from retrievers.losses import register_temperature
 
-    model = build_colbert(init, phase.colbert)
     train = load_dataset(str(data), split="train")
-    missing = {"query", "positive", "negative"} - set(train.column_names)
-    if missing:
-        raise DataError(f"{data}: triplets need columns query, positive, negative; missing {sorted(missing)}")
+    check_triplets(train.data.table, f"{data} (triplets)")
+    model = build_colbert(init, phase.colbert)
     if phase.max_train_samples is not None:
         train = train.select(range(min(phase.max_train_samples, len(train))))
     loss = losses.Contrastive(
@@ -43,8 +41,8 @@ def distillation_trainer(phase: XTRDistillationPhase, init: Path, data: Path, ar
     from retrievers.data.kd import kd_training_dataset, load_kd_tables
     from retrievers.losses import TemperatureDistillation, register_temperature
 
-    model = build_colbert(init, phase.colbert)
     tables = load_kd_tables(data, phase.teacher_scores)
+    model = build_colbert(init, phase.colbert)
     train = kd_training_dataset(tables, phase.n_ways, phase.max_train_samples)
     loss = TemperatureDistillation(
         model=model,
