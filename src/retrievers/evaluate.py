@@ -6,66 +6,86 @@ models sentence-transformers' ``SparseNanoBEIREvaluator`` (``NanoBEIR_mean_dot_n
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
-from unittest import mock
 
 from retrievers import paths
 from retrievers.config import ModelConfig, Params, PyLateNanoBEIR, SparseNanoBEIR
 
 
-def _local_pylate_sets(root: Path) -> dict[str, str]:
-    """PyLate's dataset names -> local copies of their zeta-alpha-ai Nano* repositories under ``root``."""
-    from pylate.evaluation import nano_beir_evaluator as module
+class LocalNanoBEIRData:
+    """Mixin for the NanoBEIR evaluators: their ``_load_dataset_subset_split`` (sentence-transformers' override
+    point, through which each set's corpus, queries and qrels are loaded) reads the local copy's parquet files
+    (``retrievers.data.local``) instead of ``datasets.load_dataset``, whose cache is keyed on the folder's name.
 
-    folders = {name: root / repo_id.split("/")[-1] for name, repo_id in module.MAPPING_DATASET_NAME_TO_ID.items()}
-    return {name: str(folder) for name, folder in folders.items() if folder.exists()}
+    ``per_set_folders``: PyLate's layout, one folder per set (``<root>/NanoSciFact``, split ``train``), instead of
+    one folder whose splits are the sets (sentence-transformers' NanoBEIR-en)."""
+
+    local_root: Path
+    per_set_folders: bool = False
+
+    def _load_dataset_subset_split(self, subset: str, split: str, required_columns: list[str]):
+        from retrievers.data.local import load_split
+
+        if self.per_set_folders:
+            return load_split(self.local_root / split, subset, "train", required_columns)
+        return load_split(self.local_root, subset, split, required_columns)
 
 
-@contextmanager
-def _pylate_sets_from(local: dict[str, str]):
-    """Point PyLate's evaluator at the local copies.
+def sparse_nanobeir_evaluator(root: Path, datasets: list[str], batch_size: int, **kwargs):
+    """sentence-transformers' ``SparseNanoBEIREvaluator`` over the local NanoBEIR-en copy in ``root``."""
+    from sentence_transformers.sparse_encoder.evaluation import SparseNanoBEIREvaluator
 
-    PyLate 1.6 reads the repository ids from a module-level mapping and has no ``dataset_id`` argument;
-    the mapping is patched for the duration of the evaluation only."""
-    from pylate.evaluation import nano_beir_evaluator as module
+    class LocalSparseNanoBEIREvaluator(LocalNanoBEIRData, SparseNanoBEIREvaluator):
+        local_root = root
 
-    with mock.patch.dict(module.MAPPING_DATASET_NAME_TO_ID, local):
-        yield
+    return LocalSparseNanoBEIREvaluator(
+        dataset_names=datasets, dataset_id=str(root), batch_size=batch_size, show_progress_bar=False, **kwargs
+    )
 
 
-def _check_sets(names: list[str], available: dict[str, str], root: Path) -> None:
-    missing = [n for n in names if n not in available]
+def pylate_nanobeir_evaluator(root: Path, datasets: list[str], batch_size: int):
+    """PyLate's ``NanoBEIREvaluator`` over the local zeta-alpha-ai Nano* copies in ``root`` (one folder per set).
+
+    PyLate 1.6 overrides ``_load_dataset`` with a copy of sentence-transformers' that calls ``load_dataset`` on its
+    module-level repository ids; this subclass uses sentence-transformers' own ``_load_dataset`` again (the same
+    dicts, built the same way) with PyLate's ``PyLateInformationRetrievalEvaluator`` as its
+    ``information_retrieval_class``, so the data arrives through ``_load_dataset_subset_split``."""
+    from pylate.evaluation import NanoBEIREvaluator
+    from pylate.evaluation.pylate_information_retrieval_evaluator import PyLateInformationRetrievalEvaluator
+    from sentence_transformers.evaluation import NanoBEIREvaluator as STNanoBEIREvaluator
+
+    class LocalPyLateNanoBEIREvaluator(LocalNanoBEIRData, NanoBEIREvaluator):
+        local_root = root
+        per_set_folders = True
+        information_retrieval_class = PyLateInformationRetrievalEvaluator
+        _load_dataset = STNanoBEIREvaluator._load_dataset
+
+    missing = [n for n in datasets if not (root / f"Nano{_human_readable(n)}").exists()]
     if missing:
         raise FileNotFoundError(
             f"{root}: no local copy of NanoBEIR set(s) {missing}; add them to the source's "
             "members in params.yaml or drop them from evaluation.datasets"
         )
+    return LocalPyLateNanoBEIREvaluator(dataset_names=datasets, batch_size=batch_size, show_progress_bar=False)
+
+
+def _human_readable(name: str) -> str:
+    from sentence_transformers.evaluation.NanoBEIREvaluator import DATASET_NAME_TO_HUMAN_READABLE
+
+    return DATASET_NAME_TO_HUMAN_READABLE.get(name.lower(), name)
+
+
+def evaluator_for(evaluation: PyLateNanoBEIR | SparseNanoBEIR, root: Path | None = None):
+    """The configured evaluator over the local copy of its data (``data/<evaluation.data>`` by default)."""
+    root = root or paths.source_dir(evaluation.data)
+    if isinstance(evaluation, PyLateNanoBEIR):
+        return pylate_nanobeir_evaluator(root, evaluation.datasets, evaluation.batch_size)
+    return sparse_nanobeir_evaluator(root, evaluation.datasets, evaluation.batch_size)
 
 
 def evaluate_with(model, evaluation: PyLateNanoBEIR | SparseNanoBEIR) -> dict[str, float]:
     """Run the configured evaluator on an already loaded model."""
-    root = paths.source_dir(evaluation.data)
-    if isinstance(evaluation, PyLateNanoBEIR):
-        from pylate.evaluation import NanoBEIREvaluator
-
-        local = _local_pylate_sets(root)
-        _check_sets(evaluation.datasets, local, root)
-        with _pylate_sets_from(local):
-            evaluator = NanoBEIREvaluator(
-                dataset_names=evaluation.datasets, batch_size=evaluation.batch_size, show_progress_bar=False
-            )
-            results = evaluator(model)
-    else:
-        from sentence_transformers.sparse_encoder.evaluation import SparseNanoBEIREvaluator
-
-        evaluator = SparseNanoBEIREvaluator(
-            dataset_names=evaluation.datasets,
-            dataset_id=str(root),
-            batch_size=evaluation.batch_size,
-            show_progress_bar=False,
-        )
-        results = evaluator(model)
+    results = evaluator_for(evaluation)(model)
     return {key: float(value) for key, value in results.items()}
 
 

@@ -94,9 +94,11 @@ def _loss(phase) -> tuple[str, dict]:
     """The phase's loss and its parameters, as train/ builds it (the card's 'Loss ... with these parameters')."""
     if isinstance(phase, SpladePhase):
         return "sentence_transformers.sparse_encoder.losses.SpladeLoss", {
-            "loss": "SparseMultipleNegativesRankingLoss(scale=1.0, similarity_fct='dot_score')",
+            "loss": "SparseMultipleNegativesRankingLoss(scale=1.0, similarity_fct='dot_score', "
+                    f"gather_across_devices={phase.gather_across_devices})",
             "document_regularizer_weight": phase.document_regularizer_weight,
             "query_regularizer_weight": phase.query_regularizer_weight,
+            "regularizer_schedule": phase.regularizer_schedule,
             "regularizer_warmup_ratio": phase.regularizer_warmup_ratio,
         }
     common = {"temperature": phase.temperature, "learnable_temperature": phase.learnable_temperature}
@@ -130,6 +132,7 @@ def _phase_card_entry(params: Params, key: str, phase) -> dict:
         "init": phase.init,
         "dataset": _source_description(params, phase.data),
         "size": _size_text(phase, size),
+        "checkpoint": _checkpoint_text(key),
         "loss_name": loss_name,
         "loss_parameters": _indented_json(loss_parameters),
         "recipe_settings": {k: v for k, v in flatten(phase).items()
@@ -137,6 +140,19 @@ def _phase_card_entry(params: Params, key: str, phase) -> dict:
         "non_default": non_default,
         "all": everything,
     }
+
+
+def _checkpoint_text(phase_key: str) -> str:
+    """Which checkpoint of the phase's run the model is, from runs/<phase>.json (written by train@)."""
+    record = paths.run_record(phase_key)
+    selected = json.loads(record.read_text()).get("selected_checkpoint") if record.exists() else None
+    if not selected:
+        return "the last step"
+    value = f" = {selected['value']:.4f}" if selected.get("value") is not None else ""
+    if selected["rule"] == "best":
+        return (f"step {selected['step']} of {selected['of_steps']}: the best in-training `{selected['metric']}`"
+                f"{value} (`load_best_model_at_end`)")
+    return f"the last step, {selected['step']}" + (f" (`{selected['metric']}`{value})" if value else "")
 
 
 def _size_text(phase, size: int | None) -> str:
@@ -216,7 +232,7 @@ def _vocab_size(model_dir: Path) -> int:
 
 def _dataset_size(params: Params, phase) -> int | None:
     if isinstance(phase, SpladePhase):
-        return phase.max_train_samples
+        return None if phase.max_train_samples is None else phase.max_train_samples - phase.eval_samples
     return phase.args.max_steps * phase.args.per_device_train_batch_size if phase.args.max_steps > 0 else None
 
 

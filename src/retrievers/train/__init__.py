@@ -51,6 +51,36 @@ def _build(phase, params: Params, phase_key: str):
     raise TypeError(f"no trainer for recipe {type(phase).__name__}")
 
 
+def selected_checkpoint(trainer) -> dict:
+    """Which checkpoint the saved model is: the best in-training evaluation (``load_best_model_at_end``) or the
+    last step, with the metric the trainer logged for it."""
+    state, args = trainer.state, trainer.args
+    if args.load_best_model_at_end and state.best_model_checkpoint:
+        step = int(Path(state.best_model_checkpoint).name.split("-")[-1])
+        return {"rule": "best", "step": step, "of_steps": state.global_step, "metric": args.metric_for_best_model,
+                "value": state.best_metric}
+    metric = args.metric_for_best_model
+    last = [e for e in state.log_history if metric and metric in e]
+    value = last[-1][metric] if last and last[-1].get("step") == state.global_step else None
+    return {"rule": "last", "step": state.global_step, "of_steps": state.global_step, "metric": metric, "value": value}
+
+
+def record_selected_checkpoint(phase_key: str, trainer) -> None:
+    """Add the selected checkpoint to runs/<phase>.json (read by card@) and to the active MLflow run."""
+    import json
+
+    import mlflow
+
+    from retrievers.io import write_json_atomic
+
+    selected = selected_checkpoint(trainer)
+    record = json.loads(paths.run_record(phase_key).read_text())
+    write_json_atomic(paths.run_record(phase_key), record | {"selected_checkpoint": selected})
+    mlflow.set_tags({"selected_checkpoint.rule": selected["rule"], "selected_checkpoint.step": str(selected["step"])})
+    if selected["value"] is not None:
+        mlflow.log_metric(tracking.mlflow_metric_name(f"selected_{selected['metric']}"), float(selected["value"]))
+
+
 def run_phase(params: Params, phase_key: str) -> Path | None:
     """Train one phase into models/<phase_key>; an MLflow run records params, per-step loss and tags.
 
@@ -84,6 +114,7 @@ def run_phase(params: Params, phase_key: str) -> Path | None:
         trainer.train(resume_from_checkpoint=resume_from)
         if learnable_temperature:
             mlflow.log_metric("final_temperature", float(trainer.loss.temperature))
+        record_selected_checkpoint(phase_key, trainer)
         target = paths.model_dir(phase_key)
         with atomic_dir(target) as scratch:
             model.save_pretrained(str(scratch))

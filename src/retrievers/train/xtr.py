@@ -26,17 +26,14 @@ def build_colbert(init: Path, colbert: ColBERTConfig, device: str | None = None)
 
 
 def contrastive_trainer(phase: XTRContrastivePhase, init: Path, data: Path, args):
-    from datasets import load_dataset
     from pylate import scores, utils
     from sentence_transformers import SentenceTransformerTrainer
 
+    from retrievers.data.local import load_split
     from retrievers.losses import LearnableTemperatureContrastive
 
     model = build_colbert(init, phase.colbert)
-    train = load_dataset(str(data), split="train")
-    missing = {"query", "positive", "negative"} - set(train.column_names)
-    if missing:
-        raise ValueError(f"{data}: triplets need columns query, positive, negative; missing {sorted(missing)}")
+    train = load_split(data, "default", "train", ["query", "positive", "negative"])  # the files DVC hashed
     if phase.max_train_samples is not None:
         train = train.select(range(min(phase.max_train_samples, len(train))))
     loss = LearnableTemperatureContrastive(
