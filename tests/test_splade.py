@@ -60,7 +60,8 @@ def test_recipe_optimizer_is_heavyball_foreach_muon_in_the_scripts_two_groups(ti
     assert version("heavyball") == "1.5.3"
     model, trainer = make_trainer(tiny_neobert, tmp_path, phase_args={"learning_rate": 6.5e-5, "weight_decay": 0.01})
     optimizer = trainer.optimizer
-    assert type(optimizer) is heavyball.ForeachMuon
+    assert isinstance(optimizer, heavyball.ForeachMuon)
+    assert type(optimizer).__bases__ == (heavyball.ForeachMuon,)  # only state_dict/load_state_dict added (resume)
     names = {id(p): n for n, p in model.named_parameters()}
     decayed, plain = optimizer.param_groups
     assert [names[id(p)] for p in plain["params"]] == ["0.auto_model.decoder.bias"]  # NeoBERT: the rule's only hit
@@ -233,6 +234,8 @@ def test_saved_model_is_the_best_in_training_checkpoint(tiny_neobert, tmp_path):
         args={"per_device_train_batch_size": 8, "learning_rate": 3e-3, "num_train_epochs": 1, "eval_strategy": "steps",
               "eval_steps": 1, "save_steps": 1, "save_total_limit": None, "load_best_model_at_end": True,
               "metric_for_best_model": metric},
+        phase_args={"learning_rate": 3e-3, "eval_strategy": "steps", "eval_steps": 1, "load_best_model_at_end": True,
+                    "metric_for_best_model": metric},
     )
     trainer.train()
     scores = {e["step"]: e[metric] for e in trainer.state.log_history if metric in e}

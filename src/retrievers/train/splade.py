@@ -63,7 +63,7 @@ def build_optimizer(model, phase: SpladePhase) -> torch.optim.Optimizer:
         import heavyball
 
         set_heavyball_compile(phase.heavyball_compile)
-        return heavyball.ForeachMuon(
+        return resumable(heavyball.ForeachMuon)(
             weight_decay_groups(model, args.weight_decay), lr=args.learning_rate, weight_decay=args.weight_decay
         )
     mlm = model[0].auto_model
@@ -86,6 +86,36 @@ def build_optimizer(model, phase: SpladePhase) -> torch.optim.Optimizer:
         return adamw
     hidden = torch.optim.Muon(muon, lr=args.learning_rate, weight_decay=args.weight_decay, **phase.muon.model_dump())
     return MuonWithAdamW(hidden, adamw)
+
+
+def _plain(value) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str, torch.Tensor))
+
+
+def resumable(optimizer_cls: type) -> type:
+    """``optimizer_cls`` (a heavyball optimizer) with a ``state_dict`` that ``torch.load(weights_only=True)`` reads,
+    as the trainer does when it resumes from a checkpoint. heavyball 1.5.3 keeps construction-time values in every
+    param group (its ``use_default`` sentinel objects and ``__class__``), which its step never reads and the
+    weights-only unpickler refuses; they are left out of the saved groups and kept from the live ones on load.
+    The update itself is the library's (``step`` is not overridden)."""
+
+    class Resumable(optimizer_cls):  # type: ignore[misc, valid-type]
+        def state_dict(self):
+            state = super().state_dict()
+            state["param_groups"] = [{k: v for k, v in g.items() if _plain(v)} for g in state["param_groups"]]
+            return state
+
+        def load_state_dict(self, state_dict) -> None:
+            live = [{k: v for k, v in g.items() if not _plain(v)} for g in self.param_groups]
+            super().load_state_dict(state_dict)
+            for group, extra in zip(self.param_groups, live, strict=True):
+                for key, value in extra.items():
+                    group.setdefault(key, value)
+
+    Resumable.__name__ = Resumable.__qualname__ = f"Resumable{optimizer_cls.__name__}"
+    return Resumable
 
 
 _HEAVYBALL_COMPILE_MODE: list[str | None] = []
