@@ -42,7 +42,8 @@ def test_same_named_folders_with_other_content_load_their_own_content(tmp_path, 
 
     from retrievers.data.kd import kd_rows, load_kd_tables
     from retrievers.data.local import load_split
-    from retrievers.evaluate import pylate_nanobeir_evaluator, sparse_nanobeir_evaluator
+    from retrievers.models import colbert as colbert_kind
+    from retrievers.models import splade as splade_kind
 
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "shared-hf-cache"))
     first, second = _workspace(tmp_path / "ws1", False), _workspace(tmp_path / "ws2", True)
@@ -52,8 +53,8 @@ def test_same_named_folders_with_other_content_load_their_own_content(tmp_path, 
         tables = load_kd_tables(Path("data/ms-marco-en-bge-gemma"), "train_unormalized")
         train, _ = kd_rows(tables, 32, seed=42, max_rows=50)
         triplets = load_split(Path("data/msmarco-10m-triplets"), columns=["query", "positive", "negative"])
-        sparse = sparse_nanobeir_evaluator(Path("data/NanoBEIR-en"), ["msmarco"], batch_size=8)
-        colbert = pylate_nanobeir_evaluator(Path("data/NanoBEIR-zeta-alpha"), ["msmarco"], batch_size=8)
+        sparse = splade_kind.nanobeir_evaluator(Path("data/NanoBEIR-en"), ["msmarco"], batch_size=8)
+        colbert = colbert_kind.nanobeir_evaluator(Path("data/NanoBEIR-zeta-alpha"), ["msmarco"], batch_size=8)
         seen[workspace] = (train["scores"], triplets["query"], sparse.evaluators[0].corpus,
                            colbert.evaluators[0].corpus)
         kd_file = workspace / "data/ms-marco-en-bge-gemma/train_unormalized/train-00000-of-00001.parquet"

@@ -20,17 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from retrievers import paths, tracking
+from retrievers import models, paths, tracking
 from retrievers.config import ModelConfig, Params
+from retrievers.errors import ReleaseError
 from retrievers.io import atomic_dir, write_json_atomic
 
 logger = logging.getLogger(__name__)
 ALIAS = "candidate"
 RUNTIME_PACKAGES = ("torch", "transformers", "sentence-transformers", "pylate")
-
-
-class ReleaseError(RuntimeError):
-    """A release refused, with one line saying why and what to do."""
 
 
 def check_gate(model_key: str, config: ModelConfig, metrics_path: Path) -> float:
@@ -51,24 +48,15 @@ def check_gate(model_key: str, config: ModelConfig, metrics_path: Path) -> float
     return value
 
 
-def encode_probe(model, kind: str, texts: list[str]) -> list[np.ndarray]:
-    """Deterministic encodings used to compare two copies of a model."""
-    if kind == "colbert":
-        outputs = model.encode(texts, is_query=True, show_progress_bar=False)
-        outputs += model.encode(texts, is_query=False, show_progress_bar=False)
-        return [np.asarray(o, dtype=np.float32) for o in outputs]
-    dense = model.encode(texts, convert_to_sparse_tensor=False, show_progress_bar=False)
-    return [np.asarray(row.cpu() if hasattr(row, "cpu") else row, dtype=np.float32) for row in dense]
-
-
 def verify_bundle(config: ModelConfig, trained: Path, bundle: Path) -> float:
     """Max absolute difference between the bundle's and the trained model's probe encodings (must be ~0)."""
     from retrievers.evaluate import load_model
 
     probe = config.release.probe_texts
     # Absolute paths: a relative one ("models/x") reads as a Hub repo id when the Hub is online (push on).
-    expected = encode_probe(load_model(config, trained.resolve()), config.kind, probe)
-    got = encode_probe(load_model(config, bundle.resolve()), config.kind, probe)
+    kind = models.for_model(config)
+    expected = kind.encode_probe(load_model(config, trained.resolve()), probe)
+    got = kind.encode_probe(load_model(config, bundle.resolve()), probe)
     worst = max(
         float(np.max(np.abs(a - b))) if a.shape == b.shape else float("inf") for a, b in zip(expected, got, strict=True)
     )
@@ -87,17 +75,12 @@ def _pyfunc_class():
         def load_context(self, context):
             bundle = Path(context.artifacts["bundle"])
             release = json.loads((bundle / "release.json").read_text())
-            self.kind = release["kind"]
-            from retrievers.evaluate import load_kind
-
-            self.model = load_kind(self.kind, bundle)
+            self.kind = models.kind_module(release["kind"])
+            self.model = self.kind.load(bundle)
 
         def predict(self, context, model_input, params=None):
             texts = list(model_input.iloc[:, 0]) if hasattr(model_input, "iloc") else list(model_input)
-            if self.kind == "colbert":
-                is_query = bool((params or {}).get("is_query", True))
-                return [e.tolist() for e in self.model.encode(texts, is_query=is_query, show_progress_bar=False)]
-            return [self.model.decode(e, top_k=None) for e in self.model.encode(texts, show_progress_bar=False)]
+            return self.kind.predict(self.model, texts, params)
 
     return RetrieverModel
 

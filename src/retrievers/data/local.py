@@ -96,3 +96,20 @@ def load_split(root: Path | str, config: str = "default", split: str = "train", 
         tables.append(pq.read_table(path, columns=columns))
     table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
     return Dataset(table, fingerprint=content_sha256(files)[:32])
+
+
+class LocalNanoBEIRData:
+    """Mixin for the NanoBEIR evaluators: their ``_load_dataset_subset_split`` (sentence-transformers' override
+    point, through which each set's corpus, queries and qrels are loaded) reads the local copy's parquet files
+    (``load_split``) instead of ``datasets.load_dataset``, whose cache is keyed on the folder's name.
+
+    ``per_set_folders``: PyLate's layout, one folder per set (``<root>/NanoSciFact``, split ``train``), instead of
+    one folder whose splits are the sets (sentence-transformers' NanoBEIR-en)."""
+
+    local_root: Path
+    per_set_folders: bool = False
+
+    def _load_dataset_subset_split(self, subset: str, split: str, required_columns: list[str]):
+        if self.per_set_folders:
+            return load_split(self.local_root / split, subset, "train", required_columns)
+        return load_split(self.local_root, subset, split, required_columns)

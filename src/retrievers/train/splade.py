@@ -21,28 +21,13 @@ from typing import Any
 import torch
 from sentence_transformers.sparse_encoder.data_collator import SparseEncoderDataCollator
 
-from retrievers.config import SpladeConfig, SpladePhase, WSDSchedule
+from retrievers.config import SpladePhase, WSDSchedule
+from retrievers.models.splade import build_splade
 
 # st_splade_train.py@b80f2b8: `no_decay = ["bias", "LayerNorm.weight"]`, matched as substrings of the parameter
 # names. On NeoBERT (norms named `attention_norm`, `ffn_norm`, `layer_norm`; no biases but the MLM decoder's) it
 # selects `decoder.bias` alone; every other parameter, norms included, gets the weight decay.
 NO_DECAY_NAME_PARTS = ("bias", "LayerNorm.weight")
-
-
-def build_splade(init: Path, splade: SpladeConfig):
-    """MLMTransformer + SpladePooling over a masked-language model (or reload a saved SparseEncoder)."""
-    from sentence_transformers import SparseEncoder
-    from sentence_transformers.sparse_encoder.models import MLMTransformer, SpladePooling
-
-    if (init / "modules.json").exists():
-        return SparseEncoder(str(init))
-    mlm = MLMTransformer(str(init), max_seq_length=splade.max_seq_length)
-    pooling = SpladePooling(
-        pooling_strategy=splade.pooling_strategy,
-        activation_function=splade.activation_function,
-        word_embedding_dimension=mlm.get_sentence_embedding_dimension(),
-    )
-    return SparseEncoder(modules=[mlm, pooling])
 
 
 # ------------------------------------------------------------------------------------------------ optimizer
@@ -309,10 +294,10 @@ def splade_trainer(phase: SpladePhase, init: Path, data: Path, args, seed: int):
         scheduler = wsd_scheduler(optimizer, total_optimizer_updates(len(train), args), phase.lr_schedule)
     evaluator = None
     if phase.in_training_evaluation is not None and phase.eval_data is not None:
-        from retrievers.evaluate import sparse_nanobeir_evaluator
+        from retrievers.models.splade import nanobeir_evaluator
 
         evaluation = phase.in_training_evaluation
-        evaluator = sparse_nanobeir_evaluator(Path(phase.eval_data), evaluation.datasets, evaluation.batch_size)
+        evaluator = nanobeir_evaluator(Path(phase.eval_data), evaluation.datasets, evaluation.batch_size)
     trainer = SparseEncoderTrainer(
         model=model,
         args=args,

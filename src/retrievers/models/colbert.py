@@ -1,0 +1,206 @@
+"""ColBERT models (ModernBERT-XTR): PyLate's ``ColBERT``, token vectors scored by MaxSim, a PLAID index.
+
+The one place that knows how this kind is built, loaded, encoded, evaluated, indexed and described on its card.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retrievers.config import ColBERTConfig
+
+KIND = "colbert"
+ARCHITECTURE_NAME = "ColBERT"  # the repr of the libraries' model object, as the published cards print it
+EVALUATOR_NAME = "pylate.evaluation.NanoBEIREvaluator"
+PER_SET_EVALUATOR = "pylate.evaluation.pylate_information_retrieval_evaluator.PyLateInformationRetrievalEvaluator"
+INDEX_NAME = "PLAID"
+
+
+def recognises(modules_json: str) -> bool:
+    """Whether a saved model's modules.json is one of this kind's."""
+    return "pylate." in modules_json
+
+
+# ------------------------------------------------------------------------------------------- building
+def build_colbert(init: Path, colbert: ColBERTConfig, device: str | None = None):
+    """A PyLate ColBERT from a base encoder (adds the Dense head) or from a ColBERT checkpoint (keeps it).
+
+    Prefixes are passed explicitly: PyLate treats ``None`` as its "[Q] "/"[D] " defaults."""
+    from pylate import models
+
+    return models.ColBERT(
+        model_name_or_path=str(init),
+        embedding_size=colbert.embedding_size,
+        query_length=colbert.query_length,
+        document_length=colbert.document_length,
+        query_prefix=colbert.query_prefix,
+        document_prefix=colbert.document_prefix,
+        attend_to_expansion_tokens=colbert.attend_to_expansion_tokens,
+        device=device,
+    )
+
+
+def build(phase):
+    """The phase's model before training (its init folder with the phase's ColBERT head)."""
+    return build_colbert(Path(phase.init), phase.colbert)
+
+
+def load(path: Path | str):
+    """A trained or released model folder, with the stock loader."""
+    from pylate.models import ColBERT
+
+    return ColBERT(str(path))
+
+
+# ------------------------------------------------------------------------------------------- training
+def training_arguments_class() -> type:
+    from sentence_transformers import SentenceTransformerTrainingArguments
+
+    return SentenceTransformerTrainingArguments
+
+
+def trainer(phase, init: Path, data: Path, output: Path, seed: int):
+    """(model, trainer) for an XTR phase: contrastive on triplets or distillation from teacher scores."""
+    from retrievers.train.common import trainer_arguments
+
+    args = trainer_arguments(training_arguments_class(), phase.args, output, seed)
+    if phase.recipe == "xtr-contrastive":
+        from retrievers.train.xtr import contrastive_trainer
+
+        return contrastive_trainer(phase, init, data, args)
+    from retrievers.train.xtr import distillation_trainer
+
+    return distillation_trainer(phase, init, data, args)
+
+
+# ------------------------------------------------------------------------------------------- encoding
+def encode_batch(model, texts: list[str], is_query: bool, batch_size: int) -> list:
+    return model.encode(texts, is_query=is_query, batch_size=batch_size, show_progress_bar=False)
+
+
+def stack(parts: list) -> list[np.ndarray]:
+    """The batches' outputs as one list of [tokens, dim] arrays."""
+    return [np.asarray(p, dtype=np.float32) for batch in parts for p in batch]
+
+
+def encoded_record(model, encoded, i: int, top_terms: int) -> dict[str, Any]:
+    """What `retrievers encode` prints for text ``i``: its token vectors."""
+    return {"embedding": encoded[i].astype(np.float64).round(6).tolist()}
+
+
+def encode_probe(model, texts: list[str]) -> list[np.ndarray]:
+    """Deterministic encodings used to compare two copies of a model."""
+    outputs = model.encode(texts, is_query=True, show_progress_bar=False)
+    outputs += model.encode(texts, is_query=False, show_progress_bar=False)
+    return [np.asarray(o, dtype=np.float32) for o in outputs]
+
+
+def predict(model, texts: list[str], params: dict | None) -> list:
+    """The MLflow pyfunc's output: token vectors, of queries unless ``params['is_query']`` is false."""
+    is_query = bool((params or {}).get("is_query", True))
+    return [e.tolist() for e in model.encode(texts, is_query=is_query, show_progress_bar=False)]
+
+
+# ------------------------------------------------------------------------------------------- indexing
+def build_index(index_dir: Path, ids: list[str], embeddings) -> None:
+    from pylate import indexes
+
+    plaid = indexes.PLAID(index_folder=str(index_dir), index_name="plaid", override=True,
+                          show_progress=False, device="cpu")
+    plaid.add_documents(documents_ids=ids, documents_embeddings=embeddings)
+
+
+def search(index_dir: Path, queries: list[dict], encoded, k: int) -> list[list[dict]]:
+    from pylate import indexes, retrieve
+
+    plaid = indexes.PLAID(index_folder=str(index_dir), index_name="plaid", override=False, show_progress=False,
+                          device="cpu")
+    hits = retrieve.ColBERT(index=plaid).retrieve(queries_embeddings=encoded, k=k)
+    return [[{"id": str(h["id"]), "score": float(h["score"])} for h in row] for row in hits]
+
+
+# ----------------------------------------------------------------------------------------- evaluation
+def nanobeir_evaluator(root: Path, datasets: list[str], batch_size: int):
+    """PyLate's ``NanoBEIREvaluator`` over the local zeta-alpha-ai Nano* copies in ``root`` (one folder per set).
+
+    PyLate 1.6 overrides ``_load_dataset`` with a copy of sentence-transformers' that calls ``load_dataset`` on its
+    module-level repository ids. This subclass uses sentence-transformers' own ``_load_dataset`` again (the same
+    dicts, built the same way) with PyLate's ``PyLateInformationRetrievalEvaluator`` as its
+    ``information_retrieval_class``, so the data arrives through ``_load_dataset_subset_split``, which reads the
+    parquet files (``retrievers.data.local.LocalNanoBEIRData``)."""
+    from pylate.evaluation import NanoBEIREvaluator
+    from pylate.evaluation.pylate_information_retrieval_evaluator import PyLateInformationRetrievalEvaluator
+    from sentence_transformers.evaluation import NanoBEIREvaluator as STNanoBEIREvaluator
+    from sentence_transformers.evaluation.NanoBEIREvaluator import DATASET_NAME_TO_HUMAN_READABLE
+
+    from retrievers.data.local import LocalNanoBEIRData
+
+    class LocalPyLateNanoBEIREvaluator(LocalNanoBEIRData, NanoBEIREvaluator):
+        local_root = root
+        per_set_folders = True
+        information_retrieval_class = PyLateInformationRetrievalEvaluator
+        _load_dataset = STNanoBEIREvaluator._load_dataset
+
+    missing = [n for n in datasets if not (root / f"Nano{DATASET_NAME_TO_HUMAN_READABLE.get(n.lower(), n)}").exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"{root}: no local copy of NanoBEIR set(s) {missing}; add them to the source's "
+            "members in params.yaml or drop them from evaluation.datasets"
+        )
+    return LocalPyLateNanoBEIREvaluator(dataset_names=datasets, batch_size=batch_size, show_progress_bar=False)
+
+
+def evaluate(model, evaluation, root: Path) -> dict:
+    """PyLate's NanoBEIREvaluator on the local copies of the sets under ``root``."""
+    return nanobeir_evaluator(root, evaluation.datasets, evaluation.batch_size)(model)
+
+
+# ------------------------------------------------------------------------------------------------ card
+def loss_description(phase) -> tuple[str, dict]:
+    """The phase's loss and its parameters, as train/ builds it (the card's 'Loss ... with these parameters')."""
+    common = {"temperature": phase.temperature, "learnable_temperature": phase.learnable_temperature}
+    if phase.recipe == "xtr-contrastive":
+        return "retrievers.losses.LearnableTemperatureContrastive (pylate.losses.Contrastive)", {
+            "score_metric": f"pylate.scores.XTRScores(k={phase.k_train})",
+            **common,
+            "gather_across_devices": phase.gather_across_devices,
+        }
+    return "retrievers.losses.LearnableTemperatureDistillation (pylate.losses.Distillation)", {
+        "score_metric": f"pylate.scores.XTRKDScores(k={phase.k_train})",
+        **common,
+        "n_ways": phase.n_ways,
+        "teacher_scores": phase.teacher_scores,
+    }
+
+
+def dataset_size(phase) -> int | None:
+    return phase.args.max_steps * phase.args.per_device_train_batch_size if phase.args.max_steps > 0 else None
+
+
+def size_text(phase, size: int) -> str:
+    args = phase.args
+    return f"{size:,} training samples ({args.max_steps:,} steps x batch {args.per_device_train_batch_size})"
+
+
+def embedding_size(phase, model_dir: Path) -> int:
+    return phase.colbert.embedding_size
+
+
+CARD_STYLE = {  # the published card's front matter (retrievers.cards.CardStyle)
+    "per_set_task": ("py-late-information-retrieval", "Py Late Information Retrieval"),
+    "mean_task": ("nano-beir", "Nano BEIR"),
+    "library_name": "PyLate",
+    "pipeline_tag": "sentence-similarity",
+    "tags": (
+        "ColBERT",
+        "PyLate",
+        "sentence-transformers",
+        "sentence-similarity",
+        "feature-extraction",
+        "generated_from_trainer",
+        "loss:Distillation",
+    ),
+}
