@@ -212,9 +212,9 @@ class WSDSchedule(Strict):
     """``transformers.get_wsd_schedule`` over the run's optimizer updates (library defaults otherwise: linear
     warmup, cosine decay). Phase lengths are fractions of the updates, rounded as the author's script rounds them."""
 
-    warmup_ratio: float = Field(0.05, ge=0, le=1)
-    decay_ratio: float = Field(0.4, ge=0, le=1)
-    min_lr_ratio: float = Field(0.2, ge=0, le=1)
+    warmup_ratio: float = Field(default=0.05, ge=0, le=1)
+    decay_ratio: float = Field(default=0.4, ge=0, le=1)
+    min_lr_ratio: float = Field(default=0.2, ge=0, le=1)
 
 
 class InTrainingEvaluation(Strict):
