@@ -16,7 +16,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from retrievers.errors import CLIError, RetrieversError
+from retrievers import models
+from retrievers.errors import CLIError, exit_on_user_error
 from retrievers.hub import fetch
 from retrievers.search import build_index, encode, load, read_records, search_index
 
@@ -28,11 +29,7 @@ app = typer.Typer(
 
 
 def _run(body):
-    try:
-        return body()
-    except RetrieversError as error:
-        typer.echo(f"retrievers: error: {error}", err=True)
-        raise typer.Exit(1) from None
+    return exit_on_user_error("retrievers", body)
 
 
 @app.command()
@@ -42,7 +39,13 @@ def download(
     out: Annotated[Path | None, typer.Option(help="copy the model into this folder")] = None,
 ):
     """Fetch a released model and print the local folder that holds it."""
-    typer.echo(_run(lambda: fetch(model, out)))
+
+    def body() -> Path:
+        folder = fetch(model, out)
+        models.folder_kind(folder)  # refuses a folder that is not a retriever model
+        return folder
+
+    typer.echo(_run(body))
 
 
 @app.command("encode")

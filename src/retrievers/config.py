@@ -293,8 +293,8 @@ class Params(Strict):
                 folder = getattr(phase, field)
                 if folder is None:
                     continue
-                kind, _, name = folder.partition("/")
-                known = self.sources if kind == "data" else self.phases if kind == "models" else {}
+                top, _, name = folder.partition("/")
+                known = self.sources if top == "data" else self.phases if top == "models" else {}
                 if name not in known:
                     raise ValueError(
                         f"phases.{key}.{field}: {folder!r} names no source (data/<key>) or phase (models/<key>)"

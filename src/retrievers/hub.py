@@ -7,16 +7,15 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from pathlib import Path
 
-from retrievers import models
 from retrievers.config import HubRepo
 from retrievers.errors import CLIError, DownloadError
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_TIMEOUT_S = 10.0  # per request: an unreachable Hub fails within seconds, not after the library's retries
 
 
 def hub_snapshot(repo: HubRepo, local_dir: Path | None = None, at: str | None = None) -> tuple[Path, str]:
@@ -40,13 +39,13 @@ def hub_snapshot(repo: HubRepo, local_dir: Path | None = None, at: str | None = 
         "no Hub access here: run the offline smoke profile instead (`make smoke`), or allow network "
         "access and unset HF_HUB_OFFLINE"
     )
-    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
     try:
         # Resolve a branch to its commit first, so what was fetched is recorded exactly.
-        sha = HfApi().repo_info(repo.repo_id, revision=repo.revision, repo_type=repo.repo_type).sha or repo.revision
+        info = HfApi().repo_info(repo.repo_id, revision=repo.revision, repo_type=repo.repo_type, timeout=HUB_TIMEOUT_S)
+        sha = info.sha or repo.revision
         path = snapshot_download(
             repo.repo_id, revision=sha, repo_type=repo.repo_type, local_dir=local_dir,
-            allow_patterns=repo.allow_patterns,
+            allow_patterns=repo.allow_patterns, etag_timeout=HUB_TIMEOUT_S,
         )
     except (LocalEntryNotFoundError, OfflineModeIsEnabled, OSError, httpx.TransportError) as error:
         kind = type(error).__name__
@@ -81,7 +80,6 @@ def fetch(spec: str, out: Path | None = None) -> Path:
     if out is not None:
         shutil.copytree(folder, out, dirs_exist_ok=True)
         folder = out
-    models.folder_kind(folder)
     return folder
 
 

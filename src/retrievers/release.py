@@ -28,6 +28,7 @@ from retrievers.io import atomic_dir, write_json_atomic
 logger = logging.getLogger(__name__)
 ALIAS = "candidate"
 RUNTIME_PACKAGES = ("torch", "transformers", "sentence-transformers", "pylate")
+HUB_OWN_FILES = (".gitattributes",)  # created by the Hub with the repository, not part of a release
 
 
 def check_gate(model_key: str, config: ModelConfig, metrics_path: Path) -> float:
@@ -194,20 +195,26 @@ class HubPublisher:
         return exists
 
     def push(self, bundle: Path, tag_exists: bool, message: str) -> dict:
-        from huggingface_hub import CommitOperationAdd
+        """One commit that makes the repository's files exactly the bundle's: every bundle file added, every
+        file of the previous release that the bundle no longer has deleted (the Hub's own files kept)."""
+        from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
-        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(bundle / name))
-                      for name, _ in bundle_files(bundle)]
+        names = [name for name, _ in bundle_files(bundle)]
+        operations: list = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(bundle / name)) for name in names]
         try:
             self.api.create_repo(self.repo_id, exist_ok=True)
+            stale = sorted(set(self.api.list_repo_files(self.repo_id)) - set(names) - set(HUB_OWN_FILES))
+            operations += [CommitOperationDelete(path_in_repo=name) for name in stale]
             commit = self.api.create_commit(self.repo_id, operations=operations, commit_message=message)
             if tag_exists:
                 self.api.delete_tag(self.repo_id, tag=self.hub.tag)
             self.api.create_tag(self.repo_id, tag=self.hub.tag, revision=commit.oid, tag_message=message)
         except self._transport_errors() as error:
             raise self._hub_error("pushing to", error) from None
-        logger.info("pushed %s files to %s@%s (%s)", len(operations), self.repo_id, self.hub.tag, commit.oid)
-        return {"repo_id": self.repo_id, "tag": self.hub.tag, "commit": commit.oid, "endpoint": self.api.endpoint}
+        logger.info("pushed %s files (deleted %s) to %s@%s (%s)", len(names), len(stale), self.repo_id, self.hub.tag,
+                    commit.oid)
+        return {"repo_id": self.repo_id, "tag": self.hub.tag, "commit": commit.oid, "endpoint": self.api.endpoint,
+                "deleted": stale}
 
 
 def release_model(params: Params, model_key: str) -> dict:

@@ -139,16 +139,19 @@ def eval_results(kind: str, metrics: dict[str, float]):
     return results
 
 
-def front_matter(
-    model: ModelConfig, metrics: dict[str, float], base_model: str | None, datasets: list[str], dataset_size: int | None
-) -> dict[str, Any]:
+def card_data(
+    model: ModelConfig, metrics: dict[str, float], base_model: str | None, datasets: list[str],
+    dataset_size: int | None, loss_tags: tuple[str, ...] | list[str] = (),
+):
+    """huggingface_hub's ModelCardData of a card: the kind's style, the losses train@ recorded
+    (``loss:<Class>`` tags, as sentence-transformers tags its cards), sizes, datasets and the eval results."""
     from huggingface_hub import ModelCardData
 
     style = card_style(model.kind)
-    tags = list(style.tags) + ([f"dataset_size:{dataset_size}"] if dataset_size else [])
+    tags = list(style.tags) + list(loss_tags) + ([f"dataset_size:{dataset_size}"] if dataset_size else [])
     per_set = split_metrics(metrics)
     metric_types = list(next(iter(per_set.values())).keys()) if per_set else []
-    data = ModelCardData(
+    return ModelCardData(
         language=["en"],
         license="apache-2.0",
         library_name=style.library_name,
@@ -160,7 +163,13 @@ def front_matter(
         model_name=model.title,
         eval_results=eval_results(model.kind, metrics),
     )
-    return yaml.safe_load(data.to_yaml())
+
+
+def front_matter(
+    model: ModelConfig, metrics: dict[str, float], base_model: str | None, datasets: list[str],
+    dataset_size: int | None, loss_tags: tuple[str, ...] | list[str] = (),
+) -> dict[str, Any]:
+    return yaml.safe_load(card_data(model, metrics, base_model, datasets, dataset_size, loss_tags).to_yaml())
 
 
 def describe_architecture(model_dir: Path, kind: str) -> str:
@@ -194,7 +203,11 @@ def render_card(
     base_model: str | None,
     datasets: list[str],
     dataset_size: int | None,
+    loss_tags: list[str],
 ) -> str:
+    """The card: the card data as front matter (through huggingface_hub's ModelCard) over the kind's template."""
+    from huggingface_hub import ModelCard
+
     env = Environment(
         loader=FileSystemLoader(TEMPLATES),
         undefined=StrictUndefined,
@@ -202,9 +215,10 @@ def render_card(
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    matter = front_matter(model, metrics, base_model, datasets, dataset_size)
+    matter = front_matter(model, metrics, base_model, datasets, dataset_size, loss_tags)
     sets = [name for name in split_metrics(metrics) if name != MEAN]
     body = env.get_template(f"{model.kind}.md.j2").render(
         key=model_key, model=model, sets=sets, tables=metric_tables(metrics), style=card_style(model.kind), **context
     )
-    return "---\n" + yaml.safe_dump(matter, sort_keys=False, allow_unicode=True) + "---\n\n" + body
+    card = ModelCard("---\n" + yaml.safe_dump(matter, sort_keys=False, allow_unicode=True) + "---\n\n" + body)
+    return str(card)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from retrievers.config import ColBERTConfig
+from retrievers.errors import MissingInputError
 
 KIND = "colbert"
 ARCHITECTURE_NAME = "ColBERT"  # the repr of the libraries' model object, as the published cards print it
@@ -146,7 +147,7 @@ def nanobeir_evaluator(root: Path, datasets: list[str], batch_size: int):
 
     missing = [n for n in datasets if not (root / f"Nano{DATASET_NAME_TO_HUMAN_READABLE.get(n.lower(), n)}").exists()]
     if missing:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{root}: no local copy of NanoBEIR set(s) {missing}; add them to the source's "
             "members in params.yaml or drop them from evaluation.datasets"
         )
@@ -159,32 +160,6 @@ def evaluate(model, evaluation, root: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ card
-def loss_description(phase) -> tuple[str, dict]:
-    """The phase's loss and its parameters, as train/ builds it (the card's 'Loss ... with these parameters')."""
-    common = {"temperature": phase.temperature, "learnable_temperature": phase.learnable_temperature}
-    if phase.recipe == "xtr-contrastive":
-        return "retrievers.losses.LearnableTemperatureContrastive (pylate.losses.Contrastive)", {
-            "score_metric": f"pylate.scores.XTRScores(k={phase.k_train})",
-            **common,
-            "gather_across_devices": phase.gather_across_devices,
-        }
-    return "retrievers.losses.LearnableTemperatureDistillation (pylate.losses.Distillation)", {
-        "score_metric": f"pylate.scores.XTRKDScores(k={phase.k_train})",
-        **common,
-        "n_ways": phase.n_ways,
-        "teacher_scores": phase.teacher_scores,
-    }
-
-
-def dataset_size(phase) -> int | None:
-    return phase.args.max_steps * phase.args.per_device_train_batch_size if phase.args.max_steps > 0 else None
-
-
-def size_text(phase, size: int) -> str:
-    args = phase.args
-    return f"{size:,} training samples ({args.max_steps:,} steps x batch {args.per_device_train_batch_size})"
-
-
 def embedding_size(phase, model_dir: Path) -> int:
     return phase.colbert.embedding_size
 
@@ -201,6 +176,5 @@ CARD_STYLE = {  # the published card's front matter (retrievers.cards.CardStyle)
         "sentence-similarity",
         "feature-extraction",
         "generated_from_trainer",
-        "loss:Distillation",
     ),
 }

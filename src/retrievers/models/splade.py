@@ -165,27 +165,6 @@ def evaluate(model, evaluation, root: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ card
-def loss_description(phase) -> tuple[str, dict]:
-    """The phase's loss and its parameters, as train/ builds it (the card's 'Loss ... with these parameters')."""
-    return "sentence_transformers.sparse_encoder.losses.SpladeLoss", {
-        "loss": "SparseMultipleNegativesRankingLoss(scale=1.0, similarity_fct='dot_score', "
-                f"gather_across_devices={phase.gather_across_devices})",
-        "document_regularizer_weight": phase.document_regularizer_weight,
-        "query_regularizer_weight": phase.query_regularizer_weight,
-        "regularizer_schedule": phase.regularizer_schedule,
-        "regularizer_warmup_ratio": phase.regularizer_warmup_ratio,
-    }
-
-
-def dataset_size(phase) -> int | None:
-    """Training rows: the first ``max_train_samples`` less the ``eval_samples`` split off."""
-    return None if phase.max_train_samples is None else phase.max_train_samples - phase.eval_samples
-
-
-def size_text(phase, size: int) -> str:
-    return f"{size:,} training samples"
-
-
 def embedding_size(phase, model_dir: Path) -> int:
     """The vocabulary size: one dimension per token."""
     return json.loads((model_dir / "config.json").read_text())["vocab_size"]
@@ -202,8 +181,5 @@ CARD_STYLE = {  # the published card's front matter (retrievers.cards.CardStyle)
         "sparse",
         "splade",
         "generated_from_trainer",
-        "loss:SpladeLoss",
-        "loss:SparseMultipleNegativesRankingLoss",
-        "loss:FlopsLoss",
     ),
 }

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from retrievers import models, paths, tracking
 from retrievers.config import Params
+from retrievers.errors import MissingInputError
 from retrievers.io import atomic_dir
 from retrievers.train.common import (
     average_loss_gradients,
@@ -20,6 +21,7 @@ from retrievers.train.common import (
     restore_loss_state,
     set_seed,
 )
+from retrievers.train.record import training_record, write_record
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +30,7 @@ def _build(phase, params: Params, phase_key: str):
     init, data, output = Path(phase.init), Path(phase.data), paths.checkpoint_dir(phase_key)
     for folder in (init, data):
         if not folder.exists():
-            raise FileNotFoundError(f"{folder} does not exist; run `dvc repro` so its stage produces it first")
+            raise MissingInputError(f"{folder} does not exist; run `dvc repro` so its stage produces it first")
     return models.for_phase(phase).trainer(phase, init, data, output, params.seed)
 
 
@@ -97,8 +99,11 @@ def run_phase(params: Params, phase_key: str) -> Path | None:
             mlflow.log_metric("final_temperature", float(trainer.loss.temperature))
         record_selected_checkpoint(phase_key, trainer)
         target = paths.model_dir(phase_key)
+        record = training_record(phase_key, phase, trainer, Path(phase.init), Path(phase.data))
+        mlflow.log_dict(record, "training_record.json")
         with atomic_dir(target) as scratch:
             model.save_pretrained(str(scratch))
+            write_record(scratch, record)  # the card's facts, beside the weights they describe
         logger.info("saved %s (MLflow run %s)", target, run.info.run_id)
     finish_checkpoints(phase_key)
     return target
