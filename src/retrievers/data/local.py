@@ -16,8 +16,10 @@ from pathlib import Path
 
 import yaml
 
+from retrievers.errors import DataError
 
-class LocalDataError(ValueError):
+
+class LocalDataError(DataError):
     """A local dataset folder that lacks the config, split, files or columns asked for; names which."""
 
 

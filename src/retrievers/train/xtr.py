@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from retrievers.config import XTRContrastivePhase, XTRDistillationPhase
-from retrievers.errors import DataError
 from retrievers.models.colbert import build_colbert
 
 
@@ -17,14 +16,7 @@ def contrastive_trainer(phase: XTRContrastivePhase, init: Path, data: Path, args
     from retrievers.losses import LearnableTemperatureContrastive
 
     model = build_colbert(init, phase.colbert)
-<<<<<<< HEAD
     train = load_split(data, "default", "train", ["query", "positive", "negative"])  # the files DVC hashed
-=======
-    train = load_dataset(str(data), split="train")
-    missing = {"query", "positive", "negative"} - set(train.column_names)
-    if missing:
-        raise DataError(f"{data}: triplets need columns query, positive, negative; missing {sorted(missing)}")
->>>>>>> main
     if phase.max_train_samples is not None:
         train = train.select(range(min(phase.max_train_samples, len(train))))
     loss = LearnableTemperatureContrastive(
