@@ -86,7 +86,7 @@ def resumable(optimizer_cls: type) -> type:
     weights-only unpickler refuses; they are left out of the saved groups and kept from the live ones on load.
     The update itself is the library's (``step`` is not overridden)."""
 
-    class Resumable(optimizer_cls):  # type: ignore[misc, valid-type]
+    class Resumable(optimizer_cls):
         def state_dict(self):
             state = super().state_dict()
             state["param_groups"] = [{k: v for k, v in g.items() if _plain(v)} for g in state["param_groups"]]
