@@ -8,7 +8,7 @@ from pathlib import Path
 import datasets
 import pytest
 
-from retrievers.data.kd import KDDataError, kd_training_dataset, load_kd_tables, splade_triplets
+from retrievers.data.kd import KDDataError, kd_rows, kd_training_dataset, load_kd_tables
 from tools.fixture import generate
 
 from .conftest import REPO
@@ -87,42 +87,38 @@ def test_arrow_kd_lookup_equals_pylate_kdprocessing():
         assert ours[i]["scores"] == pytest.approx(stock[i]["scores"])
 
 
-def test_splade_triplets_take_the_teachers_best_as_positive():
+def test_splade_rows_split_as_the_script_splits_them():
+    """st_splade_train.py@b80f2b8: the first N rows, then train_test_split(test_size, seed, shuffle=True)."""
+    import datasets
+
     tables = load_kd_tables(KD, "train_unormalized")
-    triplets, _ = splade_triplets(tables, n_negatives=2, seed=0, max_samples=50, with_scores=True)
-    texts = tables.documents["text"]
-    for row, (positions, scores) in enumerate(
-        zip(
-            tables.train.column("document_pos").to_pylist()[:50],
-            tables.train.column("scores").to_pylist()[:50],
-            strict=True,
-        )
-    ):
-        best = positions[max(range(len(scores)), key=scores.__getitem__)]
-        assert triplets[row]["positive"] == texts[best]
-        assert triplets[row]["negative_1"] != triplets[row]["positive"] != triplets[row]["negative_2"]
-        label = triplets[row]["label"]
-        assert label[0] == max(scores) and all(s in scores and s <= label[0] for s in label[1:])
-    again, _ = splade_triplets(tables, n_negatives=2, seed=0, max_samples=50, with_scores=True)
-    assert again[:] == triplets[:]
+    train, held_out = kd_rows(tables, kept_documents=32, seed=42, max_rows=100, eval_rows=10)
+    assert (len(train), len(held_out)) == (90, 10)
+    first = datasets.Dataset.from_dict({"query_id": tables.train.column("query_id").to_pylist()[:100]})
+    reference = first.train_test_split(test_size=10, seed=42, shuffle=True)
+    assert held_out["query_id"] == reference["test"]["query_id"]
+    assert train["query_id"] == reference["train"]["query_id"]
+    row = train[0]
+    assert set(row) == {"query_id", "document_ids", "scores", "positions"}
+    assert len(row["document_ids"]) == len(row["scores"]) == len(row["positions"]["documents"])
 
 
-def test_splade_negatives_are_redrawn_each_epoch_and_reproducible():
-    tables = load_kd_tables(KD, "train_unormalized")
+def test_splade_draw_is_the_scripts_collator_draw():
+    """The positive is the first highest teacher score; the negative is rng.sample over the other documents in
+    their order, the RNG advancing row after row (a hand-checkable row)."""
+    import random
 
-    def negatives(seed: int, epoch: int) -> list[str]:
-        dataset, transform = splade_triplets(tables, n_negatives=1, seed=seed, max_samples=100)
-        transform.epoch = epoch
-        return dataset[:]["negative_1"]
+    from retrievers.train.splade import draw_positive_and_negatives
 
-    epoch_0, epoch_1 = negatives(0, 0), negatives(0, 1)
-    assert epoch_0 == negatives(0, 0) and epoch_1 == negatives(0, 1), "same seed and epoch, same negatives"
-    changed = sum(a != b for a, b in zip(epoch_0, epoch_1, strict=True))
-    assert changed > 50, f"only {changed} of 100 negatives changed between epochs 0 and 1"
-    assert negatives(1, 0) != epoch_0, "another seed draws other negatives"
-    # Row by row or in a batch, the same draw: it does not depend on how the sampler reads the rows.
-    dataset, _ = splade_triplets(tables, n_negatives=1, seed=0, max_samples=100)
-    assert [dataset[i]["negative_1"] for i in (7, 3, 42)] == [epoch_0[i] for i in (7, 3, 42)]
+    scores = [1.0, 5.0, 3.0, 5.0]
+    rng, reference = random.Random(42), random.Random(42)
+    best, negatives = draw_positive_and_negatives(scores, rng, 1)
+    pool = [0, 2, 3]  # the documents other than the first 5.0
+    assert (best, negatives) == (1, [pool[reference.sample(range(3), 1)[0]]])
+    best, negatives = draw_positive_and_negatives(scores, rng, 2)  # the same RNG goes on
+    assert (best, negatives) == (1, [pool[i] for i in reference.sample(range(3), 2)])
+    _, negatives = draw_positive_and_negatives([2.0, 1.0], rng, 3)  # too few: with replacement, as the script
+    assert negatives == [1, 1, 1]
 
 
 def test_dangling_document_id_is_named(tmp_path):

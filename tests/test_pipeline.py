@@ -98,3 +98,29 @@ def test_second_repro_is_a_no_op_and_the_checkout_is_untouched(smoke_run):
     assert "Data and pipelines are up to date" in result.stdout + result.stderr
     after = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout
     assert before == after
+
+
+def test_splade_model_is_its_best_in_training_checkpoint_in_mlflow_the_metrics_and_the_card(smoke_run):
+    """train@neobert-splade kept the checkpoint with the best in-training nDCG@10: MLflow's history of that metric
+    peaks at the recorded step and value, evaluate@ measures the same value on the saved model (same evaluator,
+    same data), and the card names the checkpoint."""
+    from mlflow import MlflowClient
+
+    workspace = smoke_run.workspace
+    record = json.loads((workspace / "runs" / "neobert-splade.json").read_text())
+    training = json.loads((workspace / "models" / "neobert-splade" / "training_record.json").read_text())
+    selected = training["phases"][-1]["selected_checkpoint"]
+    assert selected["rule"] == "best" and selected["metric"] == "eval_NanoBEIR_mean_dot_ndcg@10"
+    client = MlflowClient(tracking_uri=f"sqlite:///{workspace}/mlflow.db")
+    run = client.get_run(record["run_id"])
+    names = [k for k in run.data.metrics if k.startswith("eval_NanoBEIR_mean_dot_ndcg")]
+    assert len(names) == 1, names
+    history = client.get_metric_history(run.info.run_id, names[0])
+    assert len(history) >= 2, "evaluated during training"
+    best = max(history, key=lambda m: (m.value, -m.step))
+    assert (best.step, best.value) == (selected["step"], pytest.approx(selected["value"]))
+    assert run.data.metrics["selected_eval_NanoBEIR_mean_dot_ndcg_at_10"] == pytest.approx(selected["value"])
+    metrics = json.loads((workspace / "metrics" / "neobert-splade.json").read_text())
+    assert metrics["NanoBEIR_mean_dot_ndcg@10"] == pytest.approx(selected["value"], abs=1e-6)
+    card = (workspace / "model_cards" / "neobert-splade" / "README.md").read_text()
+    assert f"Checkpoint: step {selected['step']} of {selected['of_steps']}: the best in-training" in card

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -29,28 +30,71 @@ def tiny_neobert(tmp_path_factory) -> Path:
     return folder
 
 
-def make_trainer(init: Path, output: Path, callbacks=(), **phase_overrides):
+def make_trainer(init: Path, output: Path, callbacks=(), args=None, phase_args=None, **phase_overrides):
     from sentence_transformers.sparse_encoder import SparseEncoderTrainingArguments
     from sentence_transformers.training_args import BatchSamplers
 
     phase = SpladePhase.model_validate(
         {"recipe": "splade", "model": "neobert-splade", "init": str(init), "data": str(KD),
-         "splade": {"max_seq_length": 32}, "max_train_samples": 16,
-         "args": {"per_device_train_batch_size": 8, "learning_rate": 1e-3}} | phase_overrides
+         "splade": {"max_seq_length": 32}, "max_train_samples": 16, "heavyball_compile": False,
+         "args": {"per_device_train_batch_size": 8, "learning_rate": 1e-3} | (phase_args or {})} | phase_overrides
     )
-    args = SparseEncoderTrainingArguments(
-        output_dir=str(output), per_device_train_batch_size=8, learning_rate=1e-3, num_train_epochs=2,
-        batch_sampler=BatchSamplers.NO_DUPLICATES, dataloader_drop_last=True, save_strategy="steps", save_steps=2,
-        logging_steps=1, report_to=[], seed=0, disable_tqdm=True,
-    )
+    args = SparseEncoderTrainingArguments(**({
+        "output_dir": str(output), "per_device_train_batch_size": 8, "learning_rate": 1e-3, "num_train_epochs": 2,
+        "batch_sampler": BatchSamplers.NO_DUPLICATES, "dataloader_drop_last": True, "save_strategy": "steps",
+        "save_steps": 2, "logging_steps": 1, "report_to": [], "seed": 0, "disable_tqdm": True} | (args or {})))
     model, trainer = splade_trainer(phase, init, KD, args, seed=0)
     for callback in callbacks:
         trainer.add_callback(callback)
     return model, trainer
 
 
-def test_muon_takes_the_hidden_matrices_and_adamw_the_rest(tiny_neobert, tmp_path):
-    model, trainer = make_trainer(tiny_neobert, tmp_path)
+def test_recipe_optimizer_is_heavyball_foreach_muon_in_the_scripts_two_groups(tiny_neobert, tmp_path):
+    """The recipe calls heavyball 1.5.3's ForeachMuon itself: every parameter, the name rule's groups, lr and
+    weight decay from params, the library's defaults otherwise; and its step is that library's step."""
+    import inspect
+    from importlib.metadata import version
+
+    import heavyball
+
+    assert version("heavyball") == "1.5.3"
+    model, trainer = make_trainer(tiny_neobert, tmp_path, phase_args={"learning_rate": 6.5e-5, "weight_decay": 0.01})
+    optimizer = trainer.optimizer
+    assert isinstance(optimizer, heavyball.ForeachMuon)
+    assert type(optimizer).__bases__ == (heavyball.ForeachMuon,)  # only state_dict/load_state_dict added (resume)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed, plain = optimizer.param_groups
+    assert [names[id(p)] for p in plain["params"]] == ["0.auto_model.decoder.bias"]  # NeoBERT: the rule's only hit
+    assert {names[id(p)] for p in decayed["params"]} == set(names.values()) - {"0.auto_model.decoder.bias"}
+    assert (decayed["weight_decay"], plain["weight_decay"]) == (0.01, 0.0)
+    library = {k: v.default for k, v in inspect.signature(heavyball.ForeachMuon).parameters.items() if k != "params"}
+    assert optimizer.defaults["weight_decay"] == 0.01  # the constructor's; each group sets its own (above)
+    for key, default in library.items():
+        if key != "weight_decay":
+            expected = 6.5e-5 if key == "lr" else default
+            assert all(group[key] == expected for group in optimizer.param_groups), key
+
+    # One step next to the library's own optimizer built by hand on copies of the same parameters and gradients.
+    torch.manual_seed(0)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    grads = [torch.randn_like(p) for p in params]
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    reference = heavyball.ForeachMuon(
+        [{"params": copies[: len(decayed["params"])], "weight_decay": 0.01},
+         {"params": copies[len(decayed["params"]):], "weight_decay": 0.0}], lr=6.5e-5, weight_decay=0.01)
+    for p, c, g in zip(params, copies, grads, strict=True):
+        p.grad, c.grad = g.clone(), g.clone()
+    before = [p.detach().clone() for p in params]
+    optimizer.step()
+    reference.step()
+    diff = max(float((p - c).abs().max()) for p, c in zip(params, copies, strict=True))
+    moved = max(float((p - b).abs().max()) for p, b in zip(params, before, strict=True))
+    print(f"max abs diff recipe vs heavyball.ForeachMuon after one step: {diff} (largest update {moved:.3g})")
+    assert diff == 0.0 and moved > 0
+
+
+def test_torch_muon_takes_the_hidden_matrices_and_adamw_the_rest(tiny_neobert, tmp_path):
+    model, trainer = make_trainer(tiny_neobert, tmp_path, optimizer="torch-muon-adamw")
     optimizer = trainer.optimizer
     assert isinstance(optimizer, MuonWithAdamW)
     muon, adamw = optimizer.parts
@@ -66,9 +110,51 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest(tiny_neobert, tmp_pat
     assert optimizer.param_groups == muon.param_groups + adamw.param_groups  # one scheduler drives both
 
 
-def test_adamw_only_when_muon_is_off(tiny_neobert, tmp_path):
-    _, trainer = make_trainer(tiny_neobert, tmp_path, muon=None)
+def test_adamw_only(tiny_neobert, tmp_path):
+    _, trainer = make_trainer(tiny_neobert, tmp_path, optimizer="adamw")
     assert type(trainer.optimizer) is torch.optim.AdamW
+
+
+def test_lr_is_get_wsd_schedule_over_the_scripts_update_count_and_the_regulariser_ramps_quadratically(
+    tiny_neobert, tmp_path
+):
+    """lr at updates 0, 5%, 60%, 80%, 100% of the script's total (ceil(ceil(rows/batch)/accumulation) x epochs),
+    checked by hand against WSD: linear warmup to the peak, stable, cosine decay to min_lr_ratio x peak."""
+    from sentence_transformers.sparse_encoder.callbacks import SpladeRegularizerWeightSchedulerCallback
+    from transformers import TrainerControl, TrainerState
+
+    rows, batch, accumulation, epochs, peak = 100, 8, 3, 4, 1e-3
+    shape = {"per_device_train_batch_size": batch, "gradient_accumulation_steps": accumulation, "learning_rate": peak}
+    _, trainer = make_trainer(tiny_neobert, tmp_path, max_train_samples=rows, args=shape | {"num_train_epochs": epochs},
+                              phase_args=shape | {"num_train_epochs": epochs})
+    total = math.ceil(math.ceil(rows / batch) / accumulation) * epochs  # 5 x 4 = 20
+    assert total == 20
+    scheduler = trainer.lr_scheduler
+    assert scheduler is not None, "the recipe hands its own schedule to the trainer"
+    from transformers import get_wsd_schedule
+
+    library = get_wsd_schedule(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=peak),
+                               num_training_steps=20, num_warmup_steps=1, num_decay_steps=8, min_lr_ratio=0.2)
+    checkpoints = {0: 0.2 * peak,   # update 0: WSD's warmup starts at min_lr_ratio x peak
+                   1: peak,         # 5%: the end of warmup (round(20 x 0.05) = 1)
+                   12: peak,        # 60%: still stable (decay: the last round(20 x 0.4) = 8 updates)
+                   16: peak * (0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi * 4 / 8))),  # 80%: half-way down the cosine
+                   20: 0.2 * peak}  # 100%: min_lr_ratio x peak
+    for step, by_hand in checkpoints.items():
+        ours, theirs = scheduler.lr_lambdas[0](step) * peak, library.lr_lambdas[0](step) * peak
+        assert ours == theirs == pytest.approx(by_hand), step
+
+    ramp = [c for c in trainer.callback_handler.callbacks if isinstance(c, SpladeRegularizerWeightSchedulerCallback)]
+    assert len(ramp) == 1
+    state, control = TrainerState(max_steps=100), TrainerControl()
+    ramp[0].on_train_begin(trainer.args, state, control)
+    weights = []
+    for step in (0, 5, 10, 14, 15, 50):
+        state.global_step = step
+        ramp[0].on_step_begin(trainer.args, state, control)
+        weights.append(trainer.loss.query_regularizer_weight)
+    assert weights == pytest.approx([3e-4 * (s / 15) ** 2 for s in (0, 5, 10, 14)] + [3e-4, 3e-4])
+    assert trainer.loss.document_regularizer_weight == pytest.approx(3e-4)
 
 
 @pytest.mark.parametrize(
@@ -79,37 +165,86 @@ def test_loss_choice_is_wired_and_computes(tiny_neobert, tmp_path, loss, inner):
     _, trainer = make_trainer(tiny_neobert, tmp_path, loss=loss)
     assert type(trainer.loss).__name__ == "SpladeLoss" and type(trainer.loss.loss).__name__ == inner
     batch = next(iter(trainer.get_train_dataloader()))
-    assert ("label" in batch) == (loss != "mnrl"), "the soft-distillation losses get the teacher scores"
+    assert "label" in batch and batch["label"].shape == (8, 2), "teacher scores of the positive and the negative"
     value = trainer.compute_loss(trainer.model, batch)
     assert value.ndim == 0 and torch.isfinite(value)
 
 
-def test_training_redraws_negatives_each_epoch_and_resumes_with_both_optimizers(tiny_neobert, tmp_path):
+def test_collator_is_reseeded_with_seed_plus_epoch_and_training_resumes(tiny_neobert, tmp_path):
+    """Each epoch's negatives are the script's draw with random.Random(seed + epoch), row after row in batch order."""
+    import random
+
     from transformers import TrainerCallback
 
-    class Record(TrainerCallback):
-        def __init__(self):
-            self.epochs, self.negatives = [], []
+    from retrievers.train.splade import KDTripletCollator, draw_positive_and_negatives
 
-        def on_step_begin(self, args, state, control, train_dataloader=None, **kwargs):
-            self.epochs.append(transform.epoch)
+    drawn: list[tuple[int, list[int], int]] = []  # (epoch, negatives' document positions, row query id)
 
-    first = Record()
-    _, trainer = make_trainer(tiny_neobert, tmp_path, callbacks=[first])
-    transform = trainer.train_dataset._format_kwargs["transform"]
-    optimizer = trainer.optimizer  # the trainer wraps it for accelerate during train()
-    trainer.train()
-    assert first.epochs == [0, 0, 1, 1]  # 16 samples, batches of 8, 2 epochs
-    muon_state = optimizer.parts[0].state
-    assert muon_state and all("momentum_buffer" in s for s in muon_state.values())
+    class Spy(TrainerCallback):
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            self.epoch = int(state.epoch or 0)
 
-    # Resume from the checkpoint at the end of epoch 0: both optimizers' states come back, epoch 1 is redrawn.
+    spy = Spy()
+    _, trainer = make_trainer(tiny_neobert, tmp_path, callbacks=[spy])
+    collator = trainer.data_collator
+    assert isinstance(collator, KDTripletCollator)
+    original = collator.__class__.__call__
+
+    def recording(self, features):
+        for row in features:
+            drawn.append((spy.epoch, row))
+        return original(self, features)
+
+    collator.__class__.__call__ = recording
+    try:
+        trainer.train()
+    finally:
+        collator.__class__.__call__ = original
+    assert [e for e, _ in drawn] == [0] * 16 + [1] * 16  # 16 rows, batches of 8, 2 epochs
+    for epoch in (0, 1):
+        rng = random.Random(0 + epoch)
+        rows = [row for e, row in drawn if e == epoch]
+        expected = [draw_positive_and_negatives(row["scores"], rng, 1) for row in rows]
+        again = random.Random(0 + epoch)
+        assert [draw_positive_and_negatives(row["scores"], again, 1) for row in rows] == expected
+    first_epoch = [tuple(r["document_ids"]) for e, r in drawn if e == 0]
+    assert sorted(first_epoch) == sorted(tuple(r["document_ids"]) for e, r in drawn if e == 1)
+
+    # Resume from the end of epoch 0: the optimizer's state comes back and epoch 1 runs.
     checkpoint = tmp_path / "checkpoint-2"
     saved = torch.load(checkpoint / "optimizer.pt", weights_only=False)
-    assert set(saved) == {"muon", "adamw"} and saved["muon"]["state"] and saved["adamw"]["state"]
-    second = Record()
-    _, resumed = make_trainer(tiny_neobert, tmp_path / "again", callbacks=[second])
-    transform = resumed.train_dataset._format_kwargs["transform"]
+    assert saved["state"], "heavyball's momentum buffers are in the checkpoint"
+    _, resumed = make_trainer(tiny_neobert, tmp_path / "again")
     resumed.train(resume_from_checkpoint=str(checkpoint))
-    assert second.epochs == [1, 1]
     assert resumed.state.global_step == 4
+
+
+def test_saved_model_is_the_best_in_training_checkpoint(tiny_neobert, tmp_path):
+    """With load_best_model_at_end the model after training is the checkpoint of the best in-training
+    eval_NanoBEIR_mean_dot_ndcg@10 (its weights), and train@'s record names that step and value."""
+    from safetensors.torch import load_file
+
+    from retrievers.train import selected_checkpoint
+
+    nano = FIXTURES / "datasets" / "tiny-NanoBEIR-en"
+    metric = "eval_NanoBEIR_mean_dot_ndcg@10"
+    model, trainer = make_trainer(
+        tiny_neobert, tmp_path, max_train_samples=64, eval_samples=8, eval_data=str(nano),
+        in_training_evaluation={"datasets": ["msmarco", "scifact"], "batch_size": 64},
+        args={"per_device_train_batch_size": 8, "learning_rate": 3e-3, "num_train_epochs": 1, "eval_strategy": "steps",
+              "eval_steps": 1, "save_steps": 1, "save_total_limit": None, "load_best_model_at_end": True,
+              "metric_for_best_model": metric},
+        phase_args={"learning_rate": 3e-3, "eval_strategy": "steps", "eval_steps": 1, "load_best_model_at_end": True,
+                    "metric_for_best_model": metric},
+    )
+    trainer.train()
+    scores = {e["step"]: e[metric] for e in trainer.state.log_history if metric in e}
+    assert len(scores) == 7 and len(set(scores.values())) > 1, scores
+    best = max(scores, key=lambda s: (scores[s], -s))  # the trainer keeps the first of equal bests
+    selected = selected_checkpoint(trainer)
+    assert selected == {"rule": "best", "step": best, "of_steps": 7, "metric": metric, "value": scores[best]}
+    weights = load_file(tmp_path / f"checkpoint-{best}" / "model.safetensors")
+    ours = {k: v for k, v in model[0].auto_model.state_dict().items()}
+    assert all(torch.equal(ours[k], weights[k]) for k in weights), "the model holds the best checkpoint's weights"
+    last = load_file(tmp_path / "checkpoint-7" / "model.safetensors")
+    assert best == 7 or not all(torch.equal(ours[k], last[k]) for k in last)

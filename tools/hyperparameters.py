@@ -97,16 +97,25 @@ def splade_recipe(phase: SpladePhase) -> dict[str, Any]:
     from retrievers.models.neobert import NeoBERTConfig
 
     loss = {
-        "mnrl": "SparseMultipleNegativesRankingLoss(scale=1.0, similarity_fct='dot_score')",
+        "mnrl": "SparseMultipleNegativesRankingLoss(scale=1.0, similarity_fct='dot_score', "
+                f"gather_across_devices={phase.gather_across_devices})",
         "margin-mse": "SparseMarginMSELoss on the teacher scores",
         "distill-kldiv": "SparseDistillKLDivLoss on the teacher scores",
     }[phase.loss]
-    if phase.muon is None:
-        optimizer = "AdamW"
+    optimizer = {
+        "heavyball-muon": "heavyball.ForeachMuon (all parameters; weight decay 0 for names containing 'bias' or "
+                          "'LayerNorm.weight'), through optimizers=",
+        "torch-muon-adamw": "torch.optim.Muon (hidden 2-D matrices) + AdamW (the rest), through optimizers=",
+        "adamw": "AdamW",
+    }[phase.optimizer]
+    if phase.lr_schedule is None:
+        schedule = phase.args.lr_scheduler_type
     else:
-        muon = ", ".join(f"{k} {v}" for k, v in phase.muon.model_dump().items())
-        optimizer = f"Muon (hidden 2-D matrices) + AdamW (the rest), through optimizers= [torch.optim.Muon: {muon}]"
-    negatives = "sampled from the other scored documents, redrawn each epoch"
+        wsd = phase.lr_schedule
+        schedule = (f"get_wsd_schedule(warmup {wsd.warmup_ratio}, decay {wsd.decay_ratio}, "
+                    f"min_lr_ratio {wsd.min_lr_ratio})")
+    evaluation = phase.in_training_evaluation
+    rows = phase.max_train_samples
     return {
         # What the Auto class resolves model_type "neobert" to (registered on `import retrievers`).
         "architecture": AutoModelForMaskedLM._model_mapping[NeoBERTConfig].__name__,  # type: ignore[attr-defined]
@@ -116,16 +125,23 @@ def splade_recipe(phase: SpladePhase) -> dict[str, Any]:
         "loss": loss,
         "query_regularizer_weight": phase.query_regularizer_weight,
         "document_regularizer_weight": phase.document_regularizer_weight,
-        "regularizer_schedule": f"linear ramp from 0 over the first {phase.regularizer_warmup_ratio} of training",
-        "train_samples": phase.max_train_samples,
+        "regularizer_schedule": f"{phase.regularizer_schedule} ramp from 0 over the first "
+                                f"{phase.regularizer_warmup_ratio} of training",
+        "train_samples": None if rows is None else rows - phase.eval_samples,
         "eval_samples": phase.eval_samples,
+        "split": f"first {rows} rows, train_test_split(test_size={phase.eval_samples}, seed, shuffle=True)",
         "teacher_scores": phase.teacher_scores,
         "positive": "highest teacher score",
-        "negatives": f"{phase.n_negatives} {negatives}",
+        "negatives": f"{phase.n_negatives} drawn by rng.sample from the other {phase.kept_documents - 1} kept "
+                     "documents, RNG reseeded seed + epoch",
         "optimizer": optimizer,
         "learning_rate": phase.args.learning_rate,
         "weight_decay": phase.args.weight_decay,
-        "lr_scheduler": phase.args.lr_scheduler_type,
+        "lr_scheduler": schedule,
+        "in_training_evaluation": "none" if evaluation is None else
+        f"SparseNanoBEIREvaluator({evaluation.datasets}) every {phase.args.eval_steps} steps",
+        "checkpoint": "best eval_NanoBEIR_mean_dot_ndcg@10 (load_best_model_at_end)"
+        if phase.args.load_best_model_at_end else "last step",
     }
 
 

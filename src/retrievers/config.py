@@ -147,8 +147,14 @@ class TrainerArgs(Strict):
     logging_steps: int = Field(10, ge=1)
     save_steps: int = Field(500, ge=1)
     save_total_limit: int = Field(2, ge=1)
+    eval_strategy: Literal["no", "steps"] = "no"
+    eval_steps: int | None = Field(None, ge=1)
+    per_device_eval_batch_size: int = Field(8, ge=1)
+    load_best_model_at_end: bool = False
+    metric_for_best_model: str | None = None
     dataloader_drop_last: bool = True
     dataloader_num_workers: int = Field(0, ge=0)
+    dataloader_prefetch_factor: int | None = Field(None, ge=1)
     batch_sampler: Literal["batch_sampler", "no_duplicates"] = "batch_sampler"
     optim: str = "adamw_torch"
     learning_rate_mapping: dict[str, float] = Field(
@@ -170,6 +176,11 @@ class PhaseBase(Strict):
     model: str = Field(description="key in `models` this phase trains towards")
     init: str = Field(description="folder the phase starts from: data/<base model> or models/<earlier phase>")
     data: str = Field(description="folder of the training dataset: data/<source key>")
+    eval_data: str | None = Field(
+        default=None,
+        description="folder the in-training evaluator reads (data/<source key>); a phase without one repeats `data`, "
+        "since dvc.yaml declares this folder a dependency of every train@ stage",
+    )
     max_train_samples: int | None = Field(None, ge=1)
     nproc_per_node: int = Field(
         1, ge=1, description="training processes on this node (one per GPU); above 1 train@ runs under torchrun (DDP)"
@@ -202,8 +213,8 @@ class XTRDistillationPhase(PhaseBase):
 
 
 class MuonConfig(Strict):
-    """``torch.optim.Muon`` for the encoder's hidden 2-D matrices; the rest (embeddings, MLM decoder, norms,
-    biases) goes to AdamW. Both use ``args.learning_rate`` and ``args.weight_decay``."""
+    """``optimizer: torch-muon-adamw`` only: ``torch.optim.Muon`` for the encoder's hidden 2-D matrices; the rest
+    (embeddings, MLM decoder, norms, biases) goes to AdamW, both at ``args.learning_rate``, ``args.weight_decay``."""
 
     momentum: float = 0.95
     nesterov: bool = True
@@ -211,6 +222,23 @@ class MuonConfig(Strict):
     adjust_lr_fn: Literal["original", "match_rms_adamw"] = Field(
         default="match_rms_adamw", description="scale Muon's update to AdamW's RMS, so one learning rate serves both"
     )
+
+
+class WSDSchedule(Strict):
+    """``transformers.get_wsd_schedule`` over the run's optimizer updates (library defaults otherwise: linear
+    warmup, cosine decay). Phase lengths are fractions of the updates, rounded as the author's script rounds them."""
+
+    warmup_ratio: float = Field(default=0.05, ge=0, le=1)
+    decay_ratio: float = Field(default=0.4, ge=0, le=1)
+    min_lr_ratio: float = Field(default=0.2, ge=0, le=1)
+
+
+class InTrainingEvaluation(Strict):
+    """The evaluator the trainer runs every ``args.eval_steps`` (``args.eval_strategy: steps``), whose
+    ``eval_NanoBEIR_mean_dot_ndcg@10`` ``args.load_best_model_at_end`` selects the saved checkpoint by."""
+
+    datasets: list[str] = Field(min_length=1)
+    batch_size: int = 8
 
 
 class SpladePhase(PhaseBase):
@@ -221,17 +249,38 @@ class SpladePhase(PhaseBase):
         description="inside SpladeLoss: SparseMultipleNegativesRankingLoss (the card), or soft distillation on "
         "the teacher scores with SparseMarginMSELoss or SparseDistillKLDivLoss",
     )
-    muon: MuonConfig | None = Field(default=MuonConfig(), description="null: AdamW for every parameter")
+    optimizer: Literal["heavyball-muon", "torch-muon-adamw", "adamw"] = Field(
+        default="heavyball-muon",
+        description="heavyball-muon: heavyball.ForeachMuon over every parameter in the author's two weight-decay "
+        "groups; torch-muon-adamw: torch.optim.Muon (hidden matrices) + AdamW (the rest); adamw: AdamW only",
+    )
+    heavyball_compile: bool = Field(
+        True, description="heavyball-muon: torch.compile its update functions (the library's default); false: eager"
+    )
+    muon: MuonConfig = MuonConfig()
+    lr_schedule: WSDSchedule | None = Field(default=WSDSchedule(), description="null: the trainer's lr_scheduler_type")
     teacher_scores: Literal["train", "train_unormalized"] = "train_unormalized"
     n_negatives: int = Field(1, ge=1)
+    kept_documents: int = Field(
+        32, ge=2, description="scored documents kept per row before the positive and negatives are drawn"
+    )
     query_regularizer_weight: float = Field(3e-4, ge=0)
     document_regularizer_weight: float = Field(3e-4, ge=0)
+    regularizer_schedule: Literal["linear", "quadratic"] = "quadratic"
     regularizer_warmup_ratio: float = Field(
-        0.333, ge=0, le=1,
-        description="fraction of training over which regularizer weights ramp up from 0 (explicit schedule)"
+        0.15, ge=0, le=1, description="fraction of training over which regularizer weights ramp up from 0 (explicit schedule)"
     )
-    eval_samples: int = Field(0, ge=0)
-    gather_across_devices: bool = True
+    eval_samples: int = Field(0, ge=0, description="rows split off (shuffled, seed) as the eval_loss set")
+    in_training_evaluation: InTrainingEvaluation | None = None
+    gather_across_devices: bool = False
+
+    @model_validator(mode="after")
+    def _evaluation_is_wired(self) -> SpladePhase:
+        if self.args.load_best_model_at_end and (self.in_training_evaluation is None or self.eval_data is None):
+            raise ValueError("args.load_best_model_at_end needs in_training_evaluation and eval_data")
+        if self.in_training_evaluation is not None and self.args.eval_strategy != "steps":
+            raise ValueError("in_training_evaluation needs args.eval_strategy: steps (and args.eval_steps)")
+        return self
 
 
 Phase = Annotated[XTRContrastivePhase | XTRDistillationPhase | SpladePhase, Field(discriminator="recipe")]
@@ -256,8 +305,10 @@ class Params(Strict):
         for key, phase in self.phases.items():
             if phase.model not in self.models:
                 raise ValueError(f"phases.{key}.model: {phase.model!r} is not a key of models")
-            for field in ("init", "data"):
+            for field in ("init", "data", "eval_data"):
                 folder = getattr(phase, field)
+                if folder is None:
+                    continue
                 top, _, name = folder.partition("/")
                 known = self.sources if top == "data" else self.phases if top == "models" else {}
                 if name not in known:

@@ -116,6 +116,7 @@ def _phase_card_entry(params: Params, record: dict) -> dict:
         "init": record["init"],
         "dataset": _described_source(data["source"], data["folder"]),
         "size": f"{data['train_samples']:,} training samples ({data['steps']:,} steps)",
+        "checkpoint": _checkpoint_text(record.get("selected_checkpoint")),
         "loss_name": record["loss"]["class"],
         "loss_parameters": _indented_json(record["loss"]["config"]),
         "recipe_settings": {k: v for k, v in flatten(params.phases[record["phase"]]).items()
@@ -123,6 +124,17 @@ def _phase_card_entry(params: Params, record: dict) -> dict:
         "non_default": record["non_default_trainer_arguments"],
         "all": record["trainer_arguments"],
     }
+
+
+def _checkpoint_text(selected: dict | None) -> str:
+    """Which checkpoint of the phase's run the model is, from its training record (written by train@)."""
+    if not selected:
+        return "the last step"
+    value = f" = {selected['value']:.4f}" if selected.get("value") is not None else ""
+    if selected["rule"] == "best":
+        return (f"step {selected['step']} of {selected['of_steps']}: the best in-training `{selected['metric']}`"
+                f"{value} (`load_best_model_at_end`)")
+    return f"the last step, {selected['step']}" + (f" (`{selected['metric']}`{value})" if value else "")
 
 
 def _evaluation_datasets(params: Params, model_key: str, metrics: dict) -> dict[str, tuple[str, str | None]]:

@@ -25,19 +25,17 @@ class KDTables:
     queries: object  # datasets.Dataset with a `text` column (memory-mapped)
     documents: object  # datasets.Dataset with a `text` column (memory-mapped)
     train: pa.Table  # query_id, document_ids, scores, query_pos, document_pos
+    fingerprint: str = ""  # of the three configs' files (their sha256s)
 
 
 def _load_config(root: Path, config: str, columns: list[str]):
-    from datasets import load_dataset
+    """One config of the KD folder, read from its parquet files (``retrievers.data.local``: no name-keyed cache)."""
+    from retrievers.data.local import LocalDataError, load_split
 
     try:
-        dataset = load_dataset(str(root), config, split="train")
-    except ValueError as error:
-        raise KDDataError(f"{root}: config {config!r} not found ({error})") from None
-    missing = set(columns) - set(dataset.column_names)
-    if missing:
-        raise KDDataError(f"{root}: config {config!r} lacks column(s) {sorted(missing)}")
-    return dataset
+        return load_split(root, config, "train", columns)
+    except LocalDataError as error:
+        raise KDDataError(str(error)) from None
 
 
 def _positions(ids, universe: pa.ChunkedArray, what: str, where: str, lists=None) -> pa.Array:
@@ -77,8 +75,9 @@ def load_kd_tables(root: Path, scores_config: str) -> KDTables:
     q, d, t = queries.data.table, documents.data.table, train.data.table
     check_kd_tables(root, scores_config, q, d, t)
     train_table = attach_positions(q, d, t, f"{root} config {scores_config!r}")
+    fingerprint = "-".join(ds._fingerprint[:12] for ds in (queries, documents, train))
     return KDTables(queries=queries.select_columns(["text"]), documents=documents.select_columns(["text"]),
-                    train=train_table)
+                    train=train_table, fingerprint=fingerprint)
 
 
 def texts_at(texts, positions: list[int]) -> list[str]:
@@ -119,72 +118,41 @@ def kd_training_dataset(tables: KDTables, n_ways: int, max_samples: int | None =
         train = train.slice(0, max_samples)
     # An explicit fingerprint: without one, datasets hashes the table by pickling it, which reads the whole
     # memory-mapped table into RAM (2.5 GiB at a tenth of the published size).
-    dataset = Dataset(train, fingerprint=f"kd-positions-{train.num_rows}-{n_ways}")
+    dataset = Dataset(train, fingerprint=f"kd-positions-{tables.fingerprint}-{train.num_rows}-{n_ways}")
     dataset.set_transform(KDTransform(tables, n_ways))
     return dataset
 
 
-class SpladeTripletTransform:
-    """``datasets`` transform: rows of positions -> {query, positive, negative_1..n[, label]} texts.
+def kd_rows(tables: KDTables, kept_documents: int, seed: int, max_rows: int | None = None, eval_rows: int = 0):
+    """The SPLADE recipe's KD rows, split as st_splade_train.py@b80f2b8 splits them: the first ``max_rows`` rows,
+    then ``train_test_split(test_size=eval_rows, seed=seed, shuffle=True)``; (train, eval or None).
 
-    The document with the highest teacher score is the positive; the negatives are drawn without replacement
-    from the query's other scored documents by a generator seeded with (seed, epoch, row), so every epoch sees
-    fresh negatives, the same seed gives the same ones, and the draw does not depend on the order in which the
-    sampler or the dataloader workers read rows. ``epoch`` is advanced by ``TripletEpochCallback``.
-    ``label`` (with ``with_scores``): the teacher scores of the positive and the negatives, for the
-    soft-distillation losses (SparseMarginMSELoss, SparseDistillKLDivLoss)."""
-
-    def __init__(self, tables: KDTables, n_negatives: int, seed: int, with_scores: bool = False):
-        self.tables, self.n_negatives, self.seed, self.with_scores = tables, n_negatives, seed, with_scores
-        self.epoch = 0
-
-    def draw(self, row: int, scores: list[float]) -> tuple[int, list[int]]:
-        """(index of the positive, indices of the negatives) among one row's scored documents."""
-        best = int(np.argmax(scores))
-        rest = [i for i in range(len(scores)) if i != best]
-        rng = np.random.default_rng((self.seed, self.epoch, row))
-        return best, [rest[int(c)] for c in rng.choice(len(rest), size=self.n_negatives, replace=False)]
-
-    def __call__(self, batch: dict) -> dict:
-        positives: list[int] = []
-        negatives: list[list[int]] = [[] for _ in range(self.n_negatives)]
-        labels: list[list[float]] = []
-        for row, documents, scores in zip(batch["row"], batch["document_pos"], batch["teacher"], strict=True):
-            best, drawn = self.draw(row, scores)
-            positives.append(documents[best])
-            for slot, index in zip(negatives, drawn, strict=True):
-                slot.append(documents[index])
-            labels.append([scores[best]] + [scores[i] for i in drawn])
-        columns: dict[str, list] = {
-            "query": texts_at(self.tables.queries, batch["query_pos"]),
-            "positive": texts_at(self.tables.documents, positives),
-        }
-        for i, slot in enumerate(negatives, start=1):
-            columns[f"negative_{i}"] = texts_at(self.tables.documents, slot)
-        if self.with_scores:
-            columns["label"] = labels
-        return columns
-
-
-def splade_triplets(
-    tables: KDTables, n_negatives: int, seed: int, max_samples: int | None = None, with_scores: bool = False
-):
-    """A ``datasets.Dataset`` of (query, positive, negative_1..n) triplets drawn lazily by
-    ``SpladeTripletTransform``, and that transform (set its ``epoch`` to draw another epoch's negatives)."""
+    Each row keeps the first ``kept_documents`` scored documents (the script's ``KDProcessing`` n_ways default,
+    32) as ``document_ids`` and ``scores``, plus ``positions`` {query, documents}: where the texts are, for
+    ``KDTripletCollator``, which draws the positive and the negatives. The columns the no-duplicates batch sampler
+    compares are ``query_id``, ``document_ids`` and ``positions`` (``scores`` is a label column it skips): two
+    rows clash when they share a query or their whole document list, as the script's rows did."""
     from datasets import Dataset
 
-    train = tables.train if max_samples is None else tables.train.slice(0, max_samples)
-    short = pc.less_equal(pc.list_value_length(train.column("document_pos")), n_negatives)
+    train = tables.train if max_rows is None else tables.train.slice(0, max_rows)
+    short = pc.less(pc.list_value_length(train.column("document_pos")), 2)
     if pc.any(short).as_py():
         row = pc.index(short, True).as_py()
-        raise KDDataError(
-            f"row {row} has too few scored documents for a positive and n_negatives={n_negatives}; "
-            "lower n_negatives in params.yaml"
-        )
-    # Named `teacher`, not `scores`: the no-duplicates sampler drops columns named like labels.
-    positions = train.select(["query_pos", "document_pos"]).append_column("teacher", train.column("scores"))
-    positions = positions.append_column("row", pa.array(np.arange(positions.num_rows), pa.int64()))
-    dataset = Dataset(positions, fingerprint=f"splade-positions-{positions.num_rows}")
-    transform = SpladeTripletTransform(tables, n_negatives, seed, with_scores)
-    dataset.set_transform(transform)
-    return dataset, transform
+        raise KDDataError(f"row {row} has fewer than 2 scored documents: no positive and negative to draw")
+    positions = pa.StructArray.from_arrays(
+        [train.column("query_pos").combine_chunks(),
+         pc.list_slice(train.column("document_pos"), 0, kept_documents).combine_chunks()],
+        names=["query", "documents"],
+    )
+    rows = pa.table({
+        "query_id": train.column("query_id"),
+        "document_ids": pc.list_slice(train.column("document_ids"), 0, kept_documents),
+        "scores": pc.list_slice(train.column("scores"), 0, kept_documents),
+        "positions": positions,
+    })
+    # An explicit fingerprint: without one, datasets hashes the table by pickling it (reads it all into RAM).
+    dataset = Dataset(rows, fingerprint=f"kd-rows-{tables.fingerprint}-{rows.num_rows}-{kept_documents}")
+    if not eval_rows:
+        return dataset, None
+    split = dataset.train_test_split(test_size=eval_rows, seed=seed, shuffle=True)
+    return split["train"], split["test"]

@@ -124,56 +124,34 @@ def search(index_dir: Path, queries: list[dict], encoded, k: int) -> list[list[d
 
 
 # ----------------------------------------------------------------------------------------- evaluation
-def _local_pylate_sets(root: Path) -> dict[str, str]:
-    """PyLate's dataset names -> local copies of their zeta-alpha-ai Nano* repositories under ``root``."""
-    from pylate.evaluation import nano_beir_evaluator as module
+def nanobeir_evaluator(root: Path, datasets: list[str], batch_size: int):
+    """PyLate's ``NanoBEIREvaluator`` over the local zeta-alpha-ai Nano* copies in ``root`` (one folder per set).
 
-    folders = {name: root / repo_id.split("/")[-1] for name, repo_id in module.MAPPING_DATASET_NAME_TO_ID.items()}
-    return {name: str(folder) for name, folder in folders.items() if folder.exists()}
+    PyLate 1.6 overrides ``_load_dataset`` with a copy of sentence-transformers' that calls ``load_dataset`` on its
+    module-level repository ids. This subclass uses sentence-transformers' own ``_load_dataset`` again (the same
+    dicts, built the same way) with PyLate's ``PyLateInformationRetrievalEvaluator`` as its
+    ``information_retrieval_class``, so the data arrives through ``_load_dataset_subset_split``, which reads the
+    parquet files (``retrievers.data.local.LocalNanoBEIRData``)."""
+    from pylate.evaluation import NanoBEIREvaluator
+    from pylate.evaluation.pylate_information_retrieval_evaluator import PyLateInformationRetrievalEvaluator
+    from sentence_transformers.evaluation import NanoBEIREvaluator as STNanoBEIREvaluator
+    from sentence_transformers.evaluation.NanoBEIREvaluator import DATASET_NAME_TO_HUMAN_READABLE
 
+    from retrievers.data.local import LocalNanoBEIRData
 
-def _local_evaluator_class():
-    """PyLate's NanoBEIREvaluator reading each set from a local folder, through its ``_load_dataset`` override point.
+    class LocalPyLateNanoBEIREvaluator(LocalNanoBEIRData, NanoBEIREvaluator):
+        local_root = root
+        per_set_folders = True
+        information_retrieval_class = PyLateInformationRetrievalEvaluator
+        _load_dataset = STNanoBEIREvaluator._load_dataset
 
-    PyLate 1.6 maps a set's name to a Hub repository id in a module-level table and has no ``dataset_id``
-    argument; its evaluator builds every per-set evaluator in ``_load_dataset(name, **kwargs)``, which this
-    subclass overrides to read the local copy of that repository instead (same columns, same filtering)."""
-    from datasets import load_dataset
-    from pylate.evaluation import NanoBEIREvaluator, PyLateInformationRetrievalEvaluator
-
-    class LocalNanoBEIREvaluator(NanoBEIREvaluator):
-        def __init__(self, local_sets: dict[str, str], **kwargs):
-            self.local_sets = local_sets  # read by _load_dataset, which the parent's __init__ calls
-            super().__init__(**kwargs)
-
-        def _load_dataset(self, dataset_name, **ir_evaluator_kwargs):
-            folder = self.local_sets[dataset_name.lower()]
-            corpus, queries, qrels = (load_dataset(folder, part, split="train")
-                                      for part in ("corpus", "queries", "qrels"))
-            relevant: dict[str, set[str]] = {}
-            for query_id, corpus_id in zip(qrels["query-id"], qrels["corpus-id"], strict=True):
-                relevant.setdefault(query_id, set()).add(corpus_id)
-            for option, prompts in (("query_prompt", self.query_prompts), ("corpus_prompt", self.corpus_prompts)):
-                if prompts is not None:
-                    ir_evaluator_kwargs[option] = prompts.get(dataset_name, None)
-            return PyLateInformationRetrievalEvaluator(
-                queries={i: text for i, text in zip(queries["_id"], queries["text"], strict=True) if text},
-                corpus={i: text for i, text in zip(corpus["_id"], corpus["text"], strict=True) if text},
-                relevant_docs=relevant,
-                name=self._get_human_readable_name(dataset_name),
-                **ir_evaluator_kwargs,
-            )
-
-    return LocalNanoBEIREvaluator
-
-
-def _check_sets(names: list[str], available: dict[str, str], root: Path) -> None:
-    missing = [n for n in names if n not in available]
+    missing = [n for n in datasets if not (root / f"Nano{DATASET_NAME_TO_HUMAN_READABLE.get(n.lower(), n)}").exists()]
     if missing:
         raise MissingInputError(
             f"{root}: no local copy of NanoBEIR set(s) {missing}; add them to the source's "
             "members in params.yaml or drop them from evaluation.datasets"
         )
+    return LocalPyLateNanoBEIREvaluator(dataset_names=datasets, batch_size=batch_size, show_progress_bar=False)
 
 
 def evaluation_sets(evaluation, root: Path) -> dict[str, tuple[str, str]]:
@@ -185,12 +163,7 @@ def evaluation_sets(evaluation, root: Path) -> dict[str, tuple[str, str]]:
 
 def evaluate(model, evaluation, root: Path) -> dict:
     """PyLate's NanoBEIREvaluator on the local copies of the sets under ``root``."""
-    local = _local_pylate_sets(root)
-    _check_sets(evaluation.datasets, local, root)
-    evaluator = _local_evaluator_class()(
-        local, dataset_names=evaluation.datasets, batch_size=evaluation.batch_size, show_progress_bar=False
-    )
-    return evaluator(model)
+    return nanobeir_evaluator(root, evaluation.datasets, evaluation.batch_size)(model)
 
 
 # ------------------------------------------------------------------------------------------------ card

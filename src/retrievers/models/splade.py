@@ -155,17 +155,24 @@ def evaluation_sets(evaluation, root: Path) -> dict[str, tuple[str, str]]:
     return {n: (str(root), f"Nano{DATASET_NAME_TO_HUMAN_READABLE[n.lower()]}") for n in evaluation.datasets}
 
 
-def evaluate(model, evaluation, root: Path) -> dict:
-    """sentence-transformers' SparseNanoBEIREvaluator on the local NanoBEIR-en copy at ``root``."""
+def nanobeir_evaluator(root: Path, datasets: list[str], batch_size: int):
+    """sentence-transformers' ``SparseNanoBEIREvaluator`` over the local NanoBEIR-en copy at ``root``, fed through
+    its ``_load_dataset_subset_split`` hook from the parquet files (``retrievers.data.local.LocalNanoBEIRData``)."""
     from sentence_transformers.sparse_encoder.evaluation import SparseNanoBEIREvaluator
 
-    evaluator = SparseNanoBEIREvaluator(
-        dataset_names=evaluation.datasets,
-        dataset_id=str(root),
-        batch_size=evaluation.batch_size,
-        show_progress_bar=False,
+    from retrievers.data.local import LocalNanoBEIRData
+
+    class LocalSparseNanoBEIREvaluator(LocalNanoBEIRData, SparseNanoBEIREvaluator):
+        local_root = root
+
+    return LocalSparseNanoBEIREvaluator(
+        dataset_names=datasets, dataset_id=str(root), batch_size=batch_size, show_progress_bar=False
     )
-    return evaluator(model)
+
+
+def evaluate(model, evaluation, root: Path) -> dict:
+    """sentence-transformers' SparseNanoBEIREvaluator on the local NanoBEIR-en copy at ``root``."""
+    return nanobeir_evaluator(root, evaluation.datasets, evaluation.batch_size)(model)
 
 
 # ------------------------------------------------------------------------------------------------ card

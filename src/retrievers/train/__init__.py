@@ -37,6 +37,32 @@ def _build(phase, params: Params, phase_key: str):
     return models.for_phase(phase).trainer(phase, init, data, output, params.seed)
 
 
+def selected_checkpoint(trainer) -> dict:
+    """Which checkpoint the saved model is: the best in-training evaluation (``load_best_model_at_end``) or the
+    last step, with the metric the trainer logged for it."""
+    state, args = trainer.state, trainer.args
+    if args.load_best_model_at_end and state.best_model_checkpoint:
+        step = int(Path(state.best_model_checkpoint).name.split("-")[-1])
+        return {"rule": "best", "step": step, "of_steps": state.global_step, "metric": args.metric_for_best_model,
+                "value": state.best_metric}
+    metric = args.metric_for_best_model
+    last = [e for e in state.log_history if metric and metric in e]
+    value = last[-1][metric] if last and last[-1].get("step") == state.global_step else None
+    return {"rule": "last", "step": state.global_step, "of_steps": state.global_step, "metric": metric, "value": value}
+
+
+def log_selected_checkpoint(trainer) -> dict:
+    """Log the selected checkpoint to the active MLflow run and return it (train@ writes it into the training
+    record, which card@ reads)."""
+    import mlflow
+
+    selected = selected_checkpoint(trainer)
+    mlflow.set_tags({"selected_checkpoint.rule": selected["rule"], "selected_checkpoint.step": str(selected["step"])})
+    if selected["value"] is not None:
+        mlflow.log_metric(tracking.mlflow_metric_name(f"selected_{selected['metric']}"), float(selected["value"]))
+    return selected
+
+
 def run_phase(params: Params, phase_key: str, callbacks: Sequence = ()) -> Path | None:
     """Train one phase into models/<phase_key>; an MLflow run records params, per-step loss and tags.
 
@@ -83,8 +109,10 @@ def run_phase(params: Params, phase_key: str, callbacks: Sequence = ()) -> Path 
         if temperature is not None:
             mlflow.log_metric("final_temperature", float(temperature))
         check_finite_weights(model, phase_key)
+        selected = log_selected_checkpoint(trainer)
         target = paths.model_dir(phase_key)
         record = training_record(phase_key, phase, trainer, Path(phase.init), Path(phase.data))
+        record["selected_checkpoint"] = selected
         mlflow.log_dict(record, "training_record.json")
         with atomic_dir(target) as scratch:
             model.save_pretrained(str(scratch))

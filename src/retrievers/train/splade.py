@@ -1,27 +1,56 @@
-"""SPLADE on an MLM encoder with sentence-transformers' SparseEncoder trainer: the NeoBERT-SPLADE card's recipe.
+"""SPLADE on an MLM encoder with sentence-transformers' SparseEncoder trainer: NeoBERT-SPLADE as its author ran it.
 
-SpladeLoss around SparseMultipleNegativesRankingLoss (or a soft-distillation loss on the teacher scores), an
-explicit regularizer-weight schedule, triplets whose negatives are redrawn every epoch, and Muon for the hidden
-2-D matrices with AdamW for the rest, handed to the trainer through ``optimizers=``.
+Read from drexalt/sparsecity ``st_splade_train.py`` at b80f2b8e3eafeccb49c7503139301edf4649fb3f (the script), with
+the published card's values where the card states them (params.yaml cites each): SpladeLoss around
+SparseMultipleNegativesRankingLoss with a quadratic regulariser ramp; heavyball's ``ForeachMuon`` over every
+parameter in the script's two weight-decay groups with ``transformers.get_wsd_schedule``, both handed to the trainer
+through ``optimizers=``; a seeded split of the first rows into training and evaluation rows; the positive and a
+negative drawn per row by a collator whose RNG is reseeded with seed + epoch; ``SparseNanoBEIREvaluator`` during
+training and the best checkpoint kept.
 """
 
 from __future__ import annotations
 
 import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from sentence_transformers.sparse_encoder.data_collator import SparseEncoderDataCollator
 
-from retrievers.config import SpladePhase
+from retrievers.config import SpladePhase, WSDSchedule
 from retrievers.models.splade import build_splade
 
+# st_splade_train.py@b80f2b8: `no_decay = ["bias", "LayerNorm.weight"]`, matched as substrings of the parameter
+# names. On NeoBERT (norms named `attention_norm`, `ffn_norm`, `layer_norm`; no biases but the MLM decoder's) it
+# selects `decoder.bias` alone; every other parameter, norms included, gets the weight decay.
+NO_DECAY_NAME_PARTS = ("bias", "LayerNorm.weight")
 
-def build_optimizer(model, phase: SpladePhase):
-    """Muon for the transformer's hidden 2-D weight matrices, AdamW for everything else.
 
-    ``torch.optim.Muon`` only takes 2-D parameters, and Muon is meant for hidden layers: the token embedding and
-    the MLM decoder (vocabulary-sized) stay on AdamW, as do norms and biases (without weight decay)."""
+# ------------------------------------------------------------------------------------------------ optimizer
+def weight_decay_groups(model, weight_decay: float) -> list[dict]:
+    """The script's two parameter groups: every parameter whose name contains none of ``NO_DECAY_NAME_PARTS`` at
+    ``weight_decay``, the others at 0 (all parameters, as the script lists them)."""
+    named = list(model.named_parameters())
+    plain = [p for n, p in named if any(part in n for part in NO_DECAY_NAME_PARTS)]
+    decayed = [p for n, p in named if not any(part in n for part in NO_DECAY_NAME_PARTS)]
+    return [{"params": decayed, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+
+
+def build_optimizer(model, phase: SpladePhase) -> torch.optim.Optimizer:
+    """``heavyball-muon`` (the author's): ``heavyball.ForeachMuon`` at lr and weight decay from ``args``, library
+    defaults otherwise. ``torch-muon-adamw``: torch's Muon on the hidden 2-D matrices + AdamW. ``adamw``."""
     args = phase.args
+    if phase.optimizer == "heavyball-muon":
+        import heavyball
+
+        set_heavyball_compile(phase.heavyball_compile)
+        return resumable(heavyball.ForeachMuon)(
+            weight_decay_groups(model, args.weight_decay), lr=args.learning_rate, weight_decay=args.weight_decay
+        )
     mlm = model[0].auto_model
     vocabulary_sized = {id(mlm.get_input_embeddings().weight), id(mlm.get_output_embeddings().weight)}
     muon, decayed, plain = [], [], []
@@ -30,7 +59,7 @@ def build_optimizer(model, phase: SpladePhase):
             continue
         if param.ndim < 2:
             plain.append(param)
-        elif phase.muon is not None and param.ndim == 2 and id(param) not in vocabulary_sized:
+        elif phase.optimizer == "torch-muon-adamw" and id(param) not in vocabulary_sized:
             muon.append(param)
         else:
             decayed.append(param)
@@ -38,17 +67,60 @@ def build_optimizer(model, phase: SpladePhase):
         [{"params": decayed, "weight_decay": args.weight_decay}, {"params": plain, "weight_decay": 0.0}],
         lr=args.learning_rate,
     )
-    if phase.muon is None:
+    if phase.optimizer == "adamw":
         return adamw
     hidden = torch.optim.Muon(muon, lr=args.learning_rate, weight_decay=args.weight_decay, **phase.muon.model_dump())
     return MuonWithAdamW(hidden, adamw)
 
 
-class MuonWithAdamW(torch.optim.Optimizer):
-    """A Muon and an AdamW stepped as one optimizer, for the trainer's ``optimizers=(optimizer, None)``.
+def _plain(value) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str, torch.Tensor))
 
-    Its ``param_groups`` are the two parts' own group dicts, so the trainer's learning-rate scheduler, which sets
-    every ``group["lr"]``, drives both; ``state_dict`` holds both parts' states, so checkpoints resume."""
+
+def resumable(optimizer_cls: type) -> type:
+    """``optimizer_cls`` (a heavyball optimizer) with a ``state_dict`` that ``torch.load(weights_only=True)`` reads,
+    as the trainer does when it resumes from a checkpoint. heavyball 1.5.3 keeps construction-time values in every
+    param group (its ``use_default`` sentinel objects and ``__class__``), which its step never reads and the
+    weights-only unpickler refuses; they are left out of the saved groups and kept from the live ones on load.
+    The update itself is the library's (``step`` is not overridden)."""
+
+    class Resumable(optimizer_cls):
+        def state_dict(self):
+            state = super().state_dict()
+            state["param_groups"] = [{k: v for k, v in g.items() if _plain(v)} for g in state["param_groups"]]
+            return state
+
+        def load_state_dict(self, state_dict) -> None:
+            live = [{k: v for k, v in g.items() if not _plain(v)} for g in self.param_groups]
+            super().load_state_dict(state_dict)
+            for group, extra in zip(self.param_groups, live, strict=True):
+                for key, value in extra.items():
+                    group.setdefault(key, value)
+
+    Resumable.__name__ = Resumable.__qualname__ = f"Resumable{optimizer_cls.__name__}"
+    return Resumable
+
+
+_HEAVYBALL_COMPILE_MODE: list[str | None] = []
+
+
+def set_heavyball_compile(enabled: bool) -> None:
+    """heavyball compiles its update functions with ``torch.compile`` (module setting ``heavyball.utils.compile_mode``,
+    default "max-autotune-no-cudagraphs"); ``False`` runs them eagerly (saves minutes of inductor compiles on CPU)."""
+    import heavyball.utils
+
+    if not _HEAVYBALL_COMPILE_MODE:
+        _HEAVYBALL_COMPILE_MODE.append(heavyball.utils.compile_mode)
+    heavyball.utils.compile_mode = _HEAVYBALL_COMPILE_MODE[0] if enabled else None
+
+
+class MuonWithAdamW(torch.optim.Optimizer):
+    """A Muon and an AdamW stepped as one optimizer, for the trainer's ``optimizers=(optimizer, scheduler)``.
+
+    Its ``param_groups`` are the two parts' own group dicts, so the learning-rate scheduler, which sets every
+    ``group["lr"]``, drives both; ``state_dict`` holds both parts' states, so checkpoints resume."""
 
     def __init__(self, muon: torch.optim.Muon, adamw: torch.optim.AdamW):
         self.parts = (muon, adamw)
@@ -74,18 +146,101 @@ class MuonWithAdamW(torch.optim.Optimizer):
         self.param_groups = self.parts[0].param_groups + self.parts[1].param_groups
 
 
-def epoch_callback(transform):
-    """A TrainerCallback that tells the triplet transform which epoch is starting (negatives are redrawn)."""
+# ------------------------------------------------------------------------------------------------- schedule
+def total_optimizer_updates(train_rows: int, args) -> int:
+    """The optimizer updates the schedule spans, computed as the script computes them:
+    ceil(ceil(rows / per-device batch) / accumulation) per epoch, times the epochs (``max_steps`` when set)."""
+    if args.max_steps > 0:
+        return args.max_steps
+    steps_per_epoch = math.ceil(train_rows / args.per_device_train_batch_size)
+    return math.ceil(steps_per_epoch / args.gradient_accumulation_steps) * math.ceil(args.num_train_epochs)
+
+
+def wsd_scheduler(optimizer, total_updates: int, schedule: WSDSchedule):
+    """``transformers.get_wsd_schedule`` with the script's rounding of the warmup and decay lengths."""
+    from transformers import get_wsd_schedule
+
+    return get_wsd_schedule(
+        optimizer,
+        num_training_steps=total_updates,
+        num_warmup_steps=round(total_updates * schedule.warmup_ratio),
+        num_decay_steps=round(total_updates * schedule.decay_ratio),
+        min_lr_ratio=schedule.min_lr_ratio,
+    )
+
+
+# ------------------------------------------------------------------------------------------- data, sampling
+def draw_positive_and_negatives(scores: Sequence[float], rng: random.Random, n_negatives: int) -> tuple[int, list[int]]:
+    """(index of the positive, indices of the negatives) among one row's kept documents, as the script's
+    ``RandomNegativesCollator`` draws them: the positive is the first highest teacher score; the negatives are
+    ``rng.sample`` of the other documents (in their order), with replacement only when too few remain.
+
+    This is the one place the triplet draw lives: ``rng`` is the collator's, advanced row after row."""
+    positive = max(range(len(scores)), key=lambda i: scores[i])
+    pool = [i for i in range(len(scores)) if i != positive]
+    if n_negatives <= len(pool):
+        picks = rng.sample(range(len(pool)), n_negatives)
+    else:
+        picks = [rng.randrange(len(pool)) for _ in range(n_negatives)]
+    return positive, [pool[i] for i in picks]
+
+
+@dataclass
+class KDTripletCollator(SparseEncoderDataCollator):
+    """The trainer's collator: KD rows (query_id, document_ids, scores, positions) -> (query, positive,
+    negative_1..n, label) texts, tokenised by the base collator. ``label`` holds the teacher scores of the positive
+    and the negatives (what the soft-distillation losses read; SparseMultipleNegativesRankingLoss ignores it).
+
+    Its RNG is ``random.Random(seed)`` until ``set_epoch_seed`` reseeds it (``KDTripletEpochCallback``, at every
+    epoch start, with seed + epoch). Dataloader workers each get a copy, as they did of the script's collator."""
+
+    tables: Any = None
+    n_negatives: int = 1
+    seed: int = 0
+    rng: random.Random = field(default_factory=random.Random, repr=False)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+    def set_epoch_seed(self, epoch_seed: int) -> None:
+        self.rng = random.Random(epoch_seed)
+
+    def __call__(self, features: list[dict]) -> dict:
+        from retrievers.data.kd import texts_at
+
+        queries, positives = [], []
+        negatives: list[list[int]] = [[] for _ in range(self.n_negatives)]
+        labels = []
+        for row in features:
+            scores, documents = row["scores"], row["positions"]["documents"]
+            best, drawn = draw_positive_and_negatives(scores, self.rng, self.n_negatives)
+            queries.append(row["positions"]["query"])
+            positives.append(documents[best])
+            for slot, index in zip(negatives, drawn, strict=True):
+                slot.append(documents[index])
+            labels.append([float(scores[best])] + [float(scores[i]) for i in drawn])
+        columns = {"query": texts_at(self.tables.queries, queries),
+                   "positive": texts_at(self.tables.documents, positives)}
+        for i, slot in enumerate(negatives, start=1):
+            columns[f"negative_{i}"] = texts_at(self.tables.documents, slot)
+        rows = [{name: values[i] for name, values in columns.items()} | {"label": labels[i]}
+                for i in range(len(features))]
+        return super().__call__(rows)
+
+
+def epoch_callback(collator: KDTripletCollator, seed: int):
+    """A TrainerCallback that reseeds the collator's RNG with seed + epoch at every epoch start (the script's
+    ``RandomNegativesReseedCallback``: ``int(state.epoch or 0)``)."""
     from transformers import TrainerCallback
 
-    class TripletEpochCallback(TrainerCallback):
+    class KDTripletEpochCallback(TrainerCallback):
         def on_epoch_begin(self, args, state, control, **kwargs):
-            # state.epoch is the float progress (e.g. 2.5 when resumed mid-epoch 2); epochs start at whole numbers.
-            transform.epoch = math.floor((state.epoch or 0.0) + 1e-6)
+            collator.set_epoch_seed(seed + int(state.epoch or 0))
 
-    return TripletEpochCallback()
+    return KDTripletEpochCallback()
 
 
+# -------------------------------------------------------------------------------------------------- loss
 def build_loss(model, phase: SpladePhase):
     from sentence_transformers.sparse_encoder.losses import (
         SparseDistillKLDivLoss,
@@ -95,7 +250,6 @@ def build_loss(model, phase: SpladePhase):
     )
 
     inner = {
-        # In-batch negatives gather across processes under torchrun (DDP); the distillation losses need none.
         "mnrl": lambda: SparseMultipleNegativesRankingLoss(
             model=model, scale=1.0, gather_across_devices=phase.gather_across_devices
         ),
@@ -110,26 +264,49 @@ def build_loss(model, phase: SpladePhase):
     )
 
 
+# ------------------------------------------------------------------------------------------------ trainer
 def splade_trainer(phase: SpladePhase, init: Path, data: Path, args, seed: int):
     from sentence_transformers.sparse_encoder import SparseEncoderTrainer
     from sentence_transformers.sparse_encoder.callbacks import SpladeRegularizerWeightSchedulerCallback
 
-    from retrievers.data.kd import load_kd_tables, splade_triplets
+    from retrievers.data.kd import kd_rows, load_kd_tables
 
     tables = load_kd_tables(data, phase.teacher_scores)
     model = build_splade(init, phase.splade)
-    train, triplets = splade_triplets(
-        tables, phase.n_negatives, seed, phase.max_train_samples, with_scores=phase.loss != "mnrl"
-    )
+    train, held_out = kd_rows(tables, phase.kept_documents, seed, phase.max_train_samples, phase.eval_samples)
     loss = build_loss(model, phase)
-    # Explicit: without it the trainer silently adds the same callback with its own defaults.
-    schedule = SpladeRegularizerWeightSchedulerCallback(loss=loss, warmup_ratio=phase.regularizer_warmup_ratio)
+    # Explicit: without it the trainer silently adds the same callback with its own defaults (linear, 1/3).
+    schedule = SpladeRegularizerWeightSchedulerCallback(
+        loss=loss, scheduler_type=phase.regularizer_schedule, warmup_ratio=phase.regularizer_warmup_ratio
+    )
+    collator = KDTripletCollator(
+        tokenize_fn=model.tokenize,
+        tables=tables,
+        n_negatives=phase.n_negatives,
+        seed=seed,
+        router_mapping=args.router_mapping,
+        prompts=args.prompts,
+        all_special_ids=set(model.tokenizer.all_special_ids),
+    )
+    optimizer = build_optimizer(model, phase)
+    scheduler = None  # None: the trainer builds args.lr_scheduler_type's
+    if phase.lr_schedule is not None:
+        scheduler = wsd_scheduler(optimizer, total_optimizer_updates(len(train), args), phase.lr_schedule)
+    evaluator = None
+    if phase.in_training_evaluation is not None and phase.eval_data is not None:
+        from retrievers.models.splade import nanobeir_evaluator
+
+        evaluation = phase.in_training_evaluation
+        evaluator = nanobeir_evaluator(Path(phase.eval_data), evaluation.datasets, evaluation.batch_size)
     trainer = SparseEncoderTrainer(
         model=model,
         args=args,
         train_dataset=train,
+        eval_dataset=held_out,
         loss=loss,
-        callbacks=[schedule, epoch_callback(triplets)],
-        optimizers=(build_optimizer(model, phase), None),  # type: ignore[arg-type]  # None: the trainer builds the lr scheduler
+        evaluator=evaluator,
+        data_collator=collator,
+        callbacks=[schedule, epoch_callback(collator, seed)],
+        optimizers=(optimizer, scheduler),  # type: ignore[arg-type]
     )
     return model, trainer

@@ -9,15 +9,16 @@ from retrievers.models.colbert import build_colbert
 
 
 def contrastive_trainer(phase: XTRContrastivePhase, init: Path, data: Path, args):
-    from datasets import load_dataset
     from pylate import losses, scores, utils
     from sentence_transformers import SentenceTransformerTrainer
 
+    from retrievers.data.local import load_split
     from retrievers.data.validate import check_triplets
     from retrievers.losses import register_temperature
 
-    train = load_dataset(str(data), split="train")
+    train = load_split(data, "default", "train")  # the files DVC hashed
     check_triplets(train.data.table, f"{data} (triplets)")
+    train = train.select_columns(["query", "positive", "negative"])
     model = build_colbert(init, phase.colbert)
     if phase.max_train_samples is not None:
         train = train.select(range(min(phase.max_train_samples, len(train))))
