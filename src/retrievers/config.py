@@ -268,7 +268,8 @@ class SpladePhase(PhaseBase):
     document_regularizer_weight: float = Field(3e-4, ge=0)
     regularizer_schedule: Literal["linear", "quadratic"] = "quadratic"
     regularizer_warmup_ratio: float = Field(
-        0.15, ge=0, le=1, description="fraction of training over which regularizer weights ramp up from 0 (explicit schedule)"
+        0.15, ge=0, le=1,
+        description="fraction of training over which regularizer weights ramp up from 0 (explicit schedule)",
     )
     eval_samples: int = Field(0, ge=0, description="rows split off (shuffled, seed) as the eval_loss set")
     in_training_evaluation: InTrainingEvaluation | None = None

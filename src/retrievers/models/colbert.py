@@ -135,7 +135,6 @@ def nanobeir_evaluator(root: Path, datasets: list[str], batch_size: int):
     from pylate.evaluation import NanoBEIREvaluator
     from pylate.evaluation.pylate_information_retrieval_evaluator import PyLateInformationRetrievalEvaluator
     from sentence_transformers.evaluation import NanoBEIREvaluator as STNanoBEIREvaluator
-    from sentence_transformers.evaluation.NanoBEIREvaluator import DATASET_NAME_TO_HUMAN_READABLE
 
     from retrievers.data.local import LocalNanoBEIRData
 
@@ -145,20 +144,27 @@ def nanobeir_evaluator(root: Path, datasets: list[str], batch_size: int):
         information_retrieval_class = PyLateInformationRetrievalEvaluator
         _load_dataset = STNanoBEIREvaluator._load_dataset
 
-    missing = [n for n in datasets if not (root / f"Nano{DATASET_NAME_TO_HUMAN_READABLE.get(n.lower(), n)}").exists()]
+    _set_folders(root, datasets)
+    return LocalPyLateNanoBEIREvaluator(dataset_names=datasets, batch_size=batch_size, show_progress_bar=False)
+
+
+def _set_folders(root: Path, datasets: list[str]) -> dict[str, Path]:
+    """Set name -> its local copy of the zeta-alpha-ai repository (``<root>/Nano<Name>``); all must exist."""
+    from sentence_transformers.evaluation.NanoBEIREvaluator import DATASET_NAME_TO_HUMAN_READABLE
+
+    folders = {n: root / f"Nano{DATASET_NAME_TO_HUMAN_READABLE.get(n.lower(), n)}" for n in datasets}
+    missing = [n for n, folder in folders.items() if not folder.exists()]
     if missing:
         raise MissingInputError(
             f"{root}: no local copy of NanoBEIR set(s) {missing}; add them to the source's "
             "members in params.yaml or drop them from evaluation.datasets"
         )
-    return LocalPyLateNanoBEIREvaluator(dataset_names=datasets, batch_size=batch_size, show_progress_bar=False)
+    return folders
 
 
 def evaluation_sets(evaluation, root: Path) -> dict[str, tuple[str, str]]:
     """Set name -> (folder, split) that the evaluator reads: one zeta-alpha-ai repository per set, split train."""
-    local = _local_pylate_sets(root)
-    _check_sets(evaluation.datasets, local, root)
-    return {name: (local[name], "train") for name in evaluation.datasets}
+    return {name: (str(folder), "train") for name, folder in _set_folders(root, evaluation.datasets).items()}
 
 
 def evaluate(model, evaluation, root: Path) -> dict:
