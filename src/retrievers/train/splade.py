@@ -12,23 +12,34 @@ from pathlib import Path
 
 import torch
 
-from retrievers.config import SpladeConfig, SpladePhase
+from retrievers.config import SpeedConfig, SpladeConfig, SpladePhase
 
 
-def build_splade(init: Path, splade: SpladeConfig):
-    """MLMTransformer + SpladePooling over a masked-language model (or reload a saved SparseEncoder)."""
+def build_splade(init: Path, splade: SpladeConfig, speed: SpeedConfig | None = None):
+    """MLMTransformer + SpladePooling over a masked-language model (or reload a saved SparseEncoder).
+
+    With ``speed``, the model is a ``retrievers.packed.PackedSparseEncoder`` (same modules and saved files)."""
     from sentence_transformers import SparseEncoder
+
+    from retrievers.packed import PackedSparseEncoder, with_speed
+
+    if speed is not None:
+        return with_speed(_build_splade(PackedSparseEncoder, init, splade), speed)
+    return _build_splade(SparseEncoder, init, splade)
+
+
+def _build_splade(cls, init: Path, splade: SpladeConfig):
     from sentence_transformers.sparse_encoder.models import MLMTransformer, SpladePooling
 
     if (init / "modules.json").exists():
-        return SparseEncoder(str(init))
+        return cls(str(init))
     mlm = MLMTransformer(str(init), max_seq_length=splade.max_seq_length)
     pooling = SpladePooling(
         pooling_strategy=splade.pooling_strategy,
         activation_function=splade.activation_function,
         word_embedding_dimension=mlm.get_sentence_embedding_dimension(),
     )
-    return SparseEncoder(modules=[mlm, pooling])
+    return cls(modules=[mlm, pooling])
 
 
 def build_optimizer(model, phase: SpladePhase):
@@ -131,7 +142,7 @@ def splade_trainer(phase: SpladePhase, init: Path, data: Path, args, seed: int):
 
     from retrievers.data.kd import load_kd_tables, splade_triplets
 
-    model = build_splade(init, phase.splade)
+    model = build_splade(init, phase.splade, phase.speed)
     tables = load_kd_tables(data, phase.teacher_scores)
     train, triplets = splade_triplets(
         tables, phase.n_negatives, seed, phase.max_train_samples, with_scores=phase.loss != "mnrl"
