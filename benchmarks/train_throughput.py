@@ -21,8 +21,9 @@ log-normal around 56 words with a long tail, clipped to 8..400, as stock_through
 word), the same trainer arguments and seeds. Each (recipe, path) runs in its own process so peak memory is its own.
 
 Reported per step (medians over the measured steps; step_cpu_s is the process CPU time of a step, the figure to
-compare on a shared machine where wall time includes waiting for a core): samples/s (queries for XTR, triplets for SPLADE), real tokens/s,
-padding efficiency (real tokens / token positions the encoder computed; ColBERT queries count all query_length
+compare on a shared machine where wall time includes waiting for a core): samples/s (queries for XTR, triplets for
+SPLADE), real tokens/s, padding efficiency (real tokens / token positions the encoder computed; ColBERT queries count
+all query_length
 positions as real, since the scores use the expansion tokens' outputs), peak memory (CUDA: max allocated; CPU: peak
 RSS of the process and its growth during training) and a breakdown: data (loading + collation: the gap between
 steps), forward (the encoder), loss (the loss's own work: scoring, regularisers), backward, optimizer.
@@ -438,8 +439,8 @@ def main() -> None:
 
 
 def print_table(results: list[dict]) -> None:
-    keys = ["samples_per_s", "real_tokens_per_s", "padding_efficiency", "peak_memory_gib", "step_s", "step_cpu_s", "data_s",
-            "forward_s", "loss_s", "backward_s", "optimizer_s"]
+    keys = ["samples_per_s", "real_tokens_per_s", "padding_efficiency", "peak_memory_gib", "step_s", "step_cpu_s",
+            "data_s", "forward_s", "loss_s", "backward_s", "optimizer_s"]
     print("\n| recipe | path | " + " | ".join(keys) + " |")
     print("|---|---|" + "---|" * len(keys))
     by = {(r["recipe"], r["path"]): r for r in results}
