@@ -1,6 +1,7 @@
 """The training fast paths (retrievers.packed) compute what the stock paths compute.
 
-Per recipe, on the same batch and weights (float32, CPU): the loss equals the stock path's within 1e-5 and
+Per recipe, on the same batch and weights (float32, CPU): the loss equals the stock path's within 1e-5 (relative
+for losses above 1: float32 resolves 1.5e-5 at 144, the untrained contrastive loss at temperature 0.05) and
 every parameter's gradient is within 1e-4 of the stock one, relative to the stock gradient's norm
 (||g_fast - g_stock|| <= 1e-4 ||g_stock||, per parameter tensor; element-wise ratios are meaningless for
 entries that are zero up to rounding). The micro-forwards are forced to be many and small here (a budget
@@ -51,7 +52,7 @@ def _assert_same_loss_and_gradients(stock_model, fast_model, stock_loss, fast_lo
     features, labels = _features(fast_batch)
     got = _total(fast_loss(features, labels))
     got.backward()
-    assert abs(float(got) - float(expected)) <= 1e-5, (float(got), float(expected))
+    assert abs(float(got) - float(expected)) <= 1e-5 * max(1.0, abs(float(expected))), (float(got), float(expected))
     stock_params = dict(stock_model.named_parameters())
     checked = 0
     for name, param in fast_model.named_parameters():

@@ -94,7 +94,7 @@ class PackedColBERT(pylate_models.ColBERT):
 
     speed: SpeedConfig = SpeedConfig()
 
-    def tokenize(self, texts, is_query: bool = True, pad: bool = False, task: str | None = None):
+    def tokenize(self, texts, is_query: bool = True, pad: bool = False, task: str | None = None):  # type: ignore[override]  # PyLate's own signature
         if not is_query and self.speed.documents_to_longest:
             pad = False  # pylate pads to document_length when asked to pad; the tokenizer then pads to the longest
         features = super().tokenize(texts, is_query=is_query, pad=pad, task=task)
@@ -184,8 +184,7 @@ def splade_max_pool(hidden: torch.Tensor, mask: torch.Tensor, decoder: torch.nn.
                     chunk_tokens: int = 2048, chunk_elements: int = 1 << 24) -> torch.Tensor:
     """SPLADE max pooling of a linear MLM decoder's activations without the tokens x vocabulary tensor."""
     bias = decoder.bias if decoder.bias is not None else hidden.new_zeros(decoder.out_features)
-    out = _SpladeMaxPool.apply(hidden, mask, decoder.weight, bias, twice, chunk_tokens, chunk_elements)
-    return out  # type: ignore[no-any-return]
+    return _SpladeMaxPool.apply(hidden, mask, decoder.weight, bias, twice, chunk_tokens, chunk_elements)
 
 
 class PackedSparseEncoder(SparseEncoder):
@@ -207,12 +206,15 @@ class PackedSparseEncoder(SparseEncoder):
         fused = speed.fused_splade_pooling and self._fusable()
         if not (fused or speed.length_buckets) or "input_ids" not in input:
             return super().forward(input, **kwargs)
+        from retrievers.neobert import NeoBERTLMHead
+
         mlm, pooling = self[0], self[1]
 
         def encode(sub: dict, width: int) -> torch.Tensor:
             if not fused:
                 return super(PackedSparseEncoder, self).forward(sub, **kwargs)["sentence_embedding"]
             lm = mlm.auto_model
+            assert isinstance(lm, NeoBERTLMHead)  # _fusable checked it
             hidden = lm.model(sub["input_ids"], attention_mask=sub["attention_mask"]).last_hidden_state
             twice = pooling.activation_function == "log1p_relu"
             return splade_max_pool(hidden, sub["attention_mask"], lm.decoder, twice, speed.splade_chunk_tokens)
