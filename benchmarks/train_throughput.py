@@ -413,6 +413,9 @@ def main() -> None:
         a.device = "cuda" if torch.cuda.is_available() else "cpu"
     steps = a.steps if a.steps is not None else (20 if a.device == "cuda" else 3)
     warmup = a.warmup if a.warmup is not None else (10 if a.device == "cuda" else 1)
+    if a.worker or a.data_only:
+        # A fresh datasets cache: it keys local folders by their layout, so a reused one serves an earlier corpus.
+        os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="train-throughput-cache-")
     if a.worker:
         print("RESULT " + json.dumps(run_one(a.worker[0], a.worker[1], a.device, a.small, steps, warmup)), flush=True)
         return
