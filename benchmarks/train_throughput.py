@@ -126,11 +126,13 @@ def write_corpus(root: Path, n_queries: int, n_ways: int, seed: int = 0) -> dict
 
     rng = random.Random(seed)
     n_docs = max(4 * n_queries * n_ways, 2000)
+    # Unique folder names: datasets caches a local folder under its name and layout, not its content, so a
+    # second corpus in another `kd/` would be served the first one's tables.
+    kd, triplets_dir = Path(tempfile.mkdtemp(dir=root, prefix="kd-")), Path(tempfile.mkdtemp(dir=root, prefix="tri-"))
     docs = [_words(rng, _doc_length(rng)) for _ in range(n_docs)]
     queries = [_words(rng, rng.randint(4, 14)) for _ in range(n_queries)]
     doc_ids = [rng.sample(range(n_docs), n_ways) for _ in range(n_queries)]
     scores = [[rng.random() for _ in range(n_ways)] for _ in range(n_queries)]
-    kd = root / "kd"
     tables = {
         "queries": {"query_id": list(range(n_queries)), "text": queries},
         "documents": {"document_id": list(range(n_docs)), "text": docs},
@@ -147,9 +149,12 @@ def write_corpus(root: Path, n_queries: int, n_ways: int, seed: int = 0) -> dict
     negatives = [docs[ids[1 + rng.randrange(n_ways - 1)]] for ids in doc_ids]
     positives = [docs[ids[max(range(n_ways), key=s.__getitem__)]] for ids, s in zip(doc_ids, scores, strict=True)]
     triplets = {"query": queries, "positive": [docs[ids[0]] for ids in doc_ids], "negative": negatives}
-    (root / "triplets" / "data").mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table(triplets), root / "triplets" / "data" / "train-00000-of-00001.parquet")
-    return {"kd": {"query": queries, "documents": [[docs[i] for i in ids] for ids in doc_ids], "scores": scores},
+    (triplets_dir / "data").mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(triplets), triplets_dir / "data" / "train-00000-of-00001.parquet")
+    (triplets_dir / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n"
+                                            "    path: data/train-00000-of-00001.parquet\n---\n")
+    return {"kd_dir": kd, "triplets_dir": triplets_dir,
+            "kd": {"query": queries, "documents": [[docs[i] for i in ids] for ids in doc_ids], "scores": scores},
             "triplets": triplets, "splade": {"query": queries, "positive": positives, "negative": negatives}}
 
 
@@ -344,12 +349,12 @@ def build_ours(recipe: str, phase, base: Path, tmp: Path, rows: dict, args):
     if recipe == "splade":
         from retrievers.train.splade import splade_trainer
 
-        return splade_trainer(phase, base, tmp / "kd", args, seed=42)
+        return splade_trainer(phase, base, rows["kd_dir"], args, seed=42)
     from retrievers.train.xtr import contrastive_trainer, distillation_trainer
 
     if recipe == "xtr-contrastive":
-        return contrastive_trainer(phase, base, tmp / "triplets", args)
-    return distillation_trainer(phase, base, tmp / "kd", args)
+        return contrastive_trainer(phase, base, rows["triplets_dir"], args)
+    return distillation_trainer(phase, base, rows["kd_dir"], args)
 
 
 # ------------------------------------------------------------------------------------------------ data path alone
@@ -413,9 +418,6 @@ def main() -> None:
         a.device = "cuda" if torch.cuda.is_available() else "cpu"
     steps = a.steps if a.steps is not None else (20 if a.device == "cuda" else 3)
     warmup = a.warmup if a.warmup is not None else (10 if a.device == "cuda" else 1)
-    if a.worker or a.data_only:
-        # A fresh datasets cache: it keys local folders by their layout, so a reused one serves an earlier corpus.
-        os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="train-throughput-cache-")
     if a.worker:
         print("RESULT " + json.dumps(run_one(a.worker[0], a.worker[1], a.device, a.small, steps, warmup)), flush=True)
         return
