@@ -170,7 +170,9 @@ def test_fused_splade_pooling_equals_the_stock_pooling(activation):
     expected = pooling({"token_embeddings": decoder(hidden), "attention_mask": mask})["sentence_embedding"]
     weights = torch.rand(5, 50)
     grads_expected = torch.autograd.grad((expected * weights).sum(), [hidden, decoder.weight, decoder.bias])
-    got = splade_max_pool(hidden, mask, decoder, activation == "log1p_relu", chunk_tokens=22, chunk_elements=300)
+    # Two micro-forwards (rows 0-2 at full width, rows 3-4 trimmed to 9 positions), rows chunked by 22 tokens.
+    got = splade_max_pool([hidden[:3], hidden[3:, :9]], [mask[:3], mask[3:, :9]], decoder, activation == "log1p_relu",
+                          chunk_tokens=22)
     grads_got = torch.autograd.grad((got * weights).sum(), [hidden, decoder.weight, decoder.bias])
     torch.testing.assert_close(got, expected)
     for a, b in zip(grads_got, grads_expected, strict=True):

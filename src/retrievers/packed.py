@@ -10,8 +10,8 @@ Three separable layers, each behind a switch in ``phases.<phase>.speed`` (``Spee
   ``document_length`` (512). Padded positions are masked out of every score, so only their cost changes.
 * ``fused_splade_pooling`` (SPLADE on NeoBERT): ``max_l log(1 + relu(h_l W^T + b))`` is computed by a custom
   autograd function that holds at most ``splade_chunk_tokens`` x vocabulary logits at a time and keeps only the
-  per-(row, term) maximum and its position for the backward pass. The backward touches only those positions
-  (rows x vocabulary x hidden work instead of tokens x vocabulary x hidden).
+  per-(row, term) maximum and its position for the backward pass. The backward is two sparse x dense products
+  over those positions (active terms x hidden work instead of tokens x vocabulary x hidden).
 
 The subclasses change ``forward`` (and ``tokenize`` for ColBERT) only; what they save is what the stock classes
 save, so a model trained with the fast paths loads with ``pylate.models.ColBERT`` / ``SparseEncoder``.
@@ -134,57 +134,61 @@ class PackedColBERTCollator(ColBERTCollator):
 
 
 class _SpladeMaxPool(torch.autograd.Function):
-    """``max_l act(mask * (hidden @ W^T + b))`` with act = log1p(relu) (applied twice for ``log1p_relu``)."""
+    """``max_l act(mask * (hidden @ W^T + b))`` per row, act = log1p(relu) (twice for ``log1p_relu``), over the
+    micro-forwards of one batch at once: ``hiddens[k]`` (rows_k, width_k, dim) with ``masks[k]``; output rows in
+    bucket order. One call per batch gives one vocabulary x hidden weight gradient, not one per micro-forward."""
 
     @staticmethod
-    def forward(ctx, hidden, mask, weight, bias, twice: bool, chunk_tokens: int, chunk_elements: int):
-        batch, length, _ = hidden.shape
-        rows = max(1, chunk_tokens // max(length, 1))
-        maxima, argmax = [], []
-        for start in range(0, batch, rows):
-            logits = F.linear(hidden[start : start + rows], weight, bias)
-            logits = logits.masked_fill(~mask[start : start + rows, :, None].bool(), 0.0)  # stock: logits * mask
-            values, where = logits.max(dim=1)
-            maxima.append(values)
-            argmax.append(where)
+    def forward(ctx, weight, bias, twice: bool, chunk_tokens: int, n: int, *tensors):
+        hiddens, masks = tensors[:n], tensors[n:]
+        maxima, where, offset = [], [], 0
+        for hidden, mask in zip(hiddens, masks, strict=True):
+            batch, length, _ = hidden.shape
+            rows = max(1, chunk_tokens // max(length, 1))
+            for start in range(0, batch, rows):
+                logits = F.linear(hidden[start : start + rows], weight, bias)
+                logits = logits.masked_fill(~mask[start : start + rows, :, None].bool(), 0.0)  # stock: logits * mask
+                values, position = logits.max(dim=1)
+                first_row = torch.arange(start, start + values.shape[0], device=position.device)[:, None]
+                maxima.append(values)
+                where.append(position + first_row * length + offset)  # row of the flattened, concatenated hiddens
+            offset += batch * length
         z = torch.cat(maxima)
-        ctx.save_for_backward(hidden, weight, z, torch.cat(argmax))
-        ctx.twice, ctx.chunk_elements, ctx.bias_dtype = twice, chunk_elements, bias.dtype
+        ctx.save_for_backward(weight, z, torch.cat(where), *hiddens)
+        ctx.twice, ctx.n, ctx.bias_dtype = twice, n, bias.dtype
         out = z.clamp(min=0).log1p()
         return out.log1p() if twice else out
 
     @staticmethod
     def backward(ctx, grad_out):
-        hidden, weight, z, argmax = ctx.saved_tensors
-        batch, length, dim = hidden.shape
-        vocab = weight.shape[0]
+        weight, z, where, *hiddens = ctx.saved_tensors
         zf = z.float().clamp(min=0)
         slope = 1.0 / (1.0 + zf)
         if ctx.twice:
             slope = slope / (1.0 + zf.log1p())
         g = grad_out.float() * slope * (z > 0)  # relu'(0) = 0, as autograd has it
-        flat_hidden = hidden.reshape(batch * length, dim)
-        # (batch, vocab): the row of flat_hidden where each term's maximum is
-        where = argmax + torch.arange(batch, device=argmax.device)[:, None] * length
-        grad_hidden = torch.zeros(batch * length, dim, dtype=torch.float32, device=hidden.device)
-        grad_weight = torch.empty(vocab, dim, dtype=torch.float32, device=weight.device)
-        step = max(1, ctx.chunk_elements // max(batch * dim, 1))
-        for start in range(0, vocab, step):
-            g_chunk = g[:, start : start + step]
-            w_chunk = weight[start : start + step].float()
-            rows = where[:, start : start + step]
-            grad_hidden.index_add_(0, rows.reshape(-1), (g_chunk[:, :, None] * w_chunk[None]).reshape(-1, dim))
-            grad_weight[start : start + step] = torch.einsum("bv,bvd->vd", g_chunk, flat_hidden[rows].float())
-        grad_bias = g.sum(0)
-        return (grad_hidden.view(batch, length, dim).to(hidden.dtype), None, grad_weight.to(weight.dtype),
-                grad_bias.to(ctx.bias_dtype), None, None, None)
+        dim = weight.shape[1]
+        flat = torch.cat([h.reshape(-1, dim) for h in hiddens]).float()
+        # One nonzero per (row, term) with a positive maximum, at the token of that maximum: the gradient of the
+        # pooled activations w.r.t. the logits, as a tokens x vocabulary sparse matrix.
+        rows, terms = (g != 0).nonzero(as_tuple=True)
+        sparse = torch.sparse_coo_tensor(torch.stack([where[rows, terms], terms]), g[rows, terms],
+                                         (flat.shape[0], weight.shape[0])).coalesce()
+        grad_flat = torch.sparse.mm(sparse, weight.float())
+        grad_weight = torch.sparse.mm(sparse.t(), flat)
+        grad_hiddens = [piece.view(h.shape).to(h.dtype)
+                        for piece, h in zip(grad_flat.split([h.shape[0] * h.shape[1] for h in hiddens]), hiddens,
+                                            strict=True)]
+        return (grad_weight.to(weight.dtype), g.sum(0).to(ctx.bias_dtype), None, None, None,
+                *grad_hiddens, *([None] * ctx.n))
 
 
-def splade_max_pool(hidden: torch.Tensor, mask: torch.Tensor, decoder: torch.nn.Linear, twice: bool,
-                    chunk_tokens: int = 2048, chunk_elements: int = 1 << 24) -> torch.Tensor:
-    """SPLADE max pooling of a linear MLM decoder's activations without the tokens x vocabulary tensor."""
-    bias = decoder.bias if decoder.bias is not None else hidden.new_zeros(decoder.out_features)
-    return _SpladeMaxPool.apply(hidden, mask, decoder.weight, bias, twice, chunk_tokens, chunk_elements)
+def splade_max_pool(hiddens: list[torch.Tensor], masks: list[torch.Tensor], decoder: torch.nn.Linear, twice: bool,
+                    chunk_tokens: int = 2048) -> torch.Tensor:
+    """SPLADE max pooling of a linear MLM decoder's activations without the tokens x vocabulary tensor, over the
+    micro-forwards ``hiddens`` (with their ``masks``) of one batch; rows in the order of the micro-forwards."""
+    bias = decoder.bias if decoder.bias is not None else hiddens[0].new_zeros(decoder.out_features)
+    return _SpladeMaxPool.apply(decoder.weight, bias, twice, chunk_tokens, len(hiddens), *hiddens, *masks)
 
 
 class PackedSparseEncoder(SparseEncoder):
@@ -209,21 +213,35 @@ class PackedSparseEncoder(SparseEncoder):
         from retrievers.neobert import NeoBERTLMHead
 
         mlm, pooling = self[0], self[1]
-
-        def encode(sub: dict, width: int) -> torch.Tensor:
-            if not fused:
+        if not fused:
+            def encode(sub: dict, width: int) -> torch.Tensor:
                 return super(PackedSparseEncoder, self).forward(sub, **kwargs)["sentence_embedding"]
-            lm = mlm.auto_model
-            assert isinstance(lm, NeoBERTLMHead)  # _fusable checked it
-            hidden = lm.model(sub["input_ids"], attention_mask=sub["attention_mask"]).last_hidden_state
-            twice = pooling.activation_function == "log1p_relu"
-            return splade_max_pool(hidden, sub["attention_mask"], lm.decoder, twice, speed.splade_chunk_tokens)
 
+            input["sentence_embedding"] = _bucketed(input, input["attention_mask"].sum(1), speed, encode)
+            return input
+        lm = mlm.auto_model
+        assert isinstance(lm, NeoBERTLMHead)  # _fusable checked it
+        ids, mask = input["input_ids"], input["attention_mask"]
         if speed.length_buckets:
-            embedding = _bucketed(input, input["attention_mask"].sum(1), speed, encode)
+            plan = length_buckets(mask.sum(1).tolist(), speed.bucket_tokens, speed.pad_multiple,
+                                  speed.min_bucket_efficiency, ids.shape[1])
         else:
-            embedding = encode({key: input[key] for key in TEXT_KEYS if key in input}, input["input_ids"].shape[1])
-        input["sentence_embedding"] = embedding
+            plan = [(list(range(ids.shape[0])), ids.shape[1])]
+        # The token embedding once for the batch: one vocabulary-sized embedding gradient, not one per micro-forward.
+        embeds = lm.model.get_input_embeddings()(ids)
+        hiddens, masks, order = [], [], []
+        for rows, width in plan:
+            index = torch.tensor(rows, device=ids.device)
+            sub_mask = mask.index_select(0, index)[:, :width]
+            hiddens.append(lm.model(inputs_embeds=embeds.index_select(0, index)[:, :width],
+                                    attention_mask=sub_mask).last_hidden_state)
+            masks.append(sub_mask)
+            order.extend(rows)
+        pooled = splade_max_pool(hiddens, masks, lm.decoder, pooling.activation_function == "log1p_relu",
+                                 speed.splade_chunk_tokens)
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(len(order))
+        input["sentence_embedding"] = pooled.index_select(0, inverse.to(pooled.device))
         return input
 
 
