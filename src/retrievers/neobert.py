@@ -164,7 +164,7 @@ class NeoBERT(NeoBERTPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         **_unused,  # token_type_ids from BERT tokenizers: NeoBERT has no segment embedding
     ) -> BaseModelOutput:
-        x: torch.Tensor = self.encoder(input_ids) if inputs_embeds is None else inputs_embeds
+        x = self.encoder(input_ids) if inputs_embeds is None else inputs_embeds
         # [batch, 1, 1, length] booleans, True where a key may be attended to (padding is not).
         mask = attention_mask.bool()[:, None, None, :] if attention_mask is not None else None
         rotations = rope_rotations(x.shape[1], self.config.dim_head, x.device)
@@ -174,7 +174,7 @@ class NeoBERT(NeoBERTPreTrainedModel):
             if hidden_states is not None:
                 hidden_states.append(x)
         x = self.layer_norm(x)
-        return BaseModelOutput(last_hidden_state=x, hidden_states=tuple(hidden_states) if hidden_states else None)
+        return BaseModelOutput(last_hidden_state=x, hidden_states=tuple(hidden_states) if hidden_states else None)  # type: ignore[arg-type]
 
 
 class NeoBERTLMHead(NeoBERTPreTrainedModel):
