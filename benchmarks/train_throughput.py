@@ -3,6 +3,7 @@
     python benchmarks/train_throughput.py --small                 # CI-sized (minutes on 2 CPU cores)
     python benchmarks/train_throughput.py                         # CPU: published shapes, encoders 1 layer deep
     python benchmarks/train_throughput.py --device cuda           # GPU: published sizes and precision
+    python benchmarks/train_throughput.py --device cuda --recipes xtr-distillation --n-ways 32   # does 32 fit?
     python benchmarks/train_throughput.py --data-only             # the DataLoader alone vs one H100's appetite
 
 Recipes: XTR contrastive (PyLate Contrastive + XTRScores(k=256), 64 triplets), XTR distillation (PyLate
@@ -232,7 +233,8 @@ def _rss_gib() -> float:
 
 
 # ------------------------------------------------------------------------------------------------ one run
-def run_one(recipe: str, path: str, device: str, small: bool, steps: int, warmup: int) -> dict:
+def run_one(recipe: str, path: str, device: str, small: bool, steps: int, warmup: int,
+            n_ways: int | None = None) -> dict:
     import torch
     from sentence_transformers import SentenceTransformerTrainingArguments
     from sentence_transformers.sparse_encoder import SparseEncoderTrainingArguments
@@ -242,7 +244,7 @@ def run_one(recipe: str, path: str, device: str, small: bool, steps: int, warmup
     from retrievers.config import load_params
     from retrievers.packed import DOCUMENT_LENGTHS, padding_positions
 
-    size = size_profile(device, small)
+    size = size_profile(device, small) | ({"n_ways": n_ways} if n_ways else {})
     params = load_params(REPO / "params.yaml")
     phase = params.phases[RECIPES[recipe]]
     batch = {"xtr-contrastive": size["contrastive_batch"], "xtr-distillation": size["kd_batch"],
@@ -409,6 +411,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=None, help="unmeasured first steps (default 1 / 10)")
     parser.add_argument("--data-only", action="store_true", help="time the DataLoader alone (no model step)")
     parser.add_argument("--workers", type=int, default=None, help="--data-only: DataLoader workers (default: params)")
+    parser.add_argument("--n-ways", type=int, default=None, help="XTR distillation: documents per query (default 16)")
     parser.add_argument("--output", type=Path, default=None, help="write all results as JSON here")
     parser.add_argument("--worker", nargs=2, metavar=("RECIPE", "PATH"), help=argparse.SUPPRESS)
     a = parser.parse_args()
@@ -419,7 +422,8 @@ def main() -> None:
     steps = a.steps if a.steps is not None else (20 if a.device == "cuda" else 3)
     warmup = a.warmup if a.warmup is not None else (10 if a.device == "cuda" else 1)
     if a.worker:
-        print("RESULT " + json.dumps(run_one(a.worker[0], a.worker[1], a.device, a.small, steps, warmup)), flush=True)
+        result = run_one(a.worker[0], a.worker[1], a.device, a.small, steps, warmup, a.n_ways)
+        print("RESULT " + json.dumps(result), flush=True)
         return
     results = []
     if a.data_only:
@@ -431,7 +435,8 @@ def main() -> None:
         for recipe in a.recipes:
             for path in ("stock", "ours"):
                 cmd = [sys.executable, __file__, "--worker", recipe, path, "--device", a.device,
-                       "--steps", str(steps), "--warmup", str(warmup)] + (["--small"] if a.small else [])
+                       "--steps", str(steps), "--warmup", str(warmup)] + (["--small"] if a.small else []) \
+                    + (["--n-ways", str(a.n_ways)] if a.n_ways else [])
                 proc = subprocess.run(cmd, capture_output=True, text=True)
                 lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
                 if proc.returncode or not lines:
