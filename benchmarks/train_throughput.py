@@ -5,6 +5,7 @@
     python benchmarks/train_throughput.py --device cuda           # GPU: published sizes and precision
     python benchmarks/train_throughput.py --device cuda --recipes xtr-distillation --n-ways 32   # does 32 fit?
     python benchmarks/train_throughput.py --data-only             # the DataLoader alone vs one H100's appetite
+    python benchmarks/train_throughput.py --encode --small        # document encoding (evaluation), stock vs ours
 
 Recipes: XTR contrastive (PyLate Contrastive + XTRScores(k=256), 64 triplets), XTR distillation (PyLate
 Distillation + XTRKDScores(k=256), 16 queries x 16 documents) and NeoBERT-SPLADE (sentence-transformers SpladeLoss
@@ -401,6 +402,55 @@ def run_data_only(recipe: str, device: str, small: bool, batches: int, workers: 
     return out
 
 
+# ------------------------------------------------------------------------------------------------ encoding alone
+def run_encode(recipe: str, device: str, small: bool, n_docs: int) -> dict:
+    """Documents/s that ``encode`` (what the NanoBEIR evaluators call) gets from the stock model and from the
+    Packed one with params.yaml's switches, same weights, same texts, in this process (both warmed up first).
+    evaluate@ itself still loads the stock classes: this is what it would gain, not what it does."""
+    import torch
+
+    import retrievers  # noqa: F401
+    from retrievers.config import load_params
+
+    size = size_profile(device, small)
+    phase = load_params(REPO / "params.yaml").phases[RECIPES[recipe]]
+    tmp = Path(tempfile.mkdtemp(prefix="encode-throughput-"))
+    write_base_model(recipe, size, tmp / "base")
+    rng = random.Random(1)
+    docs = [_words(rng, _doc_length(rng)) for _ in range(n_docs)]
+    models = {}
+    if recipe == "splade":
+        from retrievers.train.splade import build_splade
+
+        models["stock"] = build_splade(tmp / "base", phase.splade)
+        models["ours"] = build_splade(tmp / "base", phase.splade, phase.speed)
+
+        def encode(model, texts):
+            return model.encode(texts, batch_size=32, convert_to_tensor=True)
+    else:
+        from retrievers.train.xtr import build_colbert
+
+        torch.manual_seed(0)
+        models["stock"] = build_colbert(tmp / "base", phase.colbert)
+        models["ours"] = build_colbert(tmp / "base", phase.colbert, speed=phase.speed)
+
+        def encode(model, texts):
+            return model.encode(texts, batch_size=32, is_query=False)
+    models["ours"].load_state_dict(models["stock"].state_dict())
+    out: dict = dict(recipe=recipe, documents=n_docs, size=size["name"])
+    for name, model in models.items():
+        model.to(device).eval()
+        encode(model, docs[:64])
+        start = time.process_time() if device == "cpu" else time.perf_counter()
+        encode(model, docs)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        elapsed = (time.process_time() if device == "cpu" else time.perf_counter()) - start
+        out[f"{name}_docs_per_s"] = round(n_docs / elapsed, 1)
+    out["ratio"] = round(out["ours_docs_per_s"] / out["stock_docs_per_s"], 2)
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ driver
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -410,6 +460,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="measured steps (default 3 on CPU, 20 on CUDA)")
     parser.add_argument("--warmup", type=int, default=None, help="unmeasured first steps (default 1 / 10)")
     parser.add_argument("--data-only", action="store_true", help="time the DataLoader alone (no model step)")
+    parser.add_argument("--encode", action="store_true", help="time document encoding (the evaluators' cost)")
     parser.add_argument("--workers", type=int, default=None, help="--data-only: DataLoader workers (default: params)")
     parser.add_argument("--n-ways", type=int, default=None, help="XTR distillation: documents per query (default 16)")
     parser.add_argument("--output", type=Path, default=None, help="write all results as JSON here")
@@ -426,7 +477,11 @@ def main() -> None:
         print("RESULT " + json.dumps(result), flush=True)
         return
     results = []
-    if a.data_only:
+    if a.encode:
+        for recipe in dict.fromkeys("xtr" if r.startswith("xtr") else r for r in a.recipes):
+            results.append(run_encode("xtr-distillation" if recipe == "xtr" else recipe, a.device, a.small, 512))
+            print(json.dumps(results[-1]), flush=True)
+    elif a.data_only:
         for recipe in a.recipes:
             results.append(run_data_only(recipe, a.device, a.small, 30, a.workers))
             print(json.dumps(results[-1]), flush=True)
