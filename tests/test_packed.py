@@ -119,13 +119,40 @@ def test_xtr_fast_path_loss_and_gradients_equal_the_stock_path(recipe):
     _assert_same_loss_and_gradients(stock, fast, make(stock), make(fast), stock_batch, fast_batch)
 
 
-def test_colbert_fast_path_encodes_documents_as_the_stock_model():
+def test_fast_models_save_what_the_stock_loaders_load_and_encode_alike(tmp_path):
+    from pylate import models
+    from sentence_transformers import SparseEncoder
+
     stock, fast = _colbert_pair()
+    fast.train()  # the micro-forwards run in training mode
     docs = _texts(9, 2, 70, 5)
-    expected = stock.encode(docs, is_query=False, batch_size=4)
-    got = fast.encode(docs, is_query=False, batch_size=4)
-    for a, b in zip(got, expected, strict=True):
+    features = PackedColBERTCollator(fast.tokenize)([{"query": "a", "positive": d} for d in docs])
+    doc_features = {k[len("positive_"):]: v for k, v in features.items() if k.startswith("positive_")}
+    with torch.no_grad():
+        got = fast(dict(doc_features))["token_embeddings"]
+        stock_features = {k: v for k, v in doc_features.items() if k != "document_lengths"}
+        expected = stock.train()(stock_features)["token_embeddings"]
+    mask = doc_features["attention_mask"].bool()
+    torch.testing.assert_close(got[mask], expected[mask], rtol=1e-5, atol=1e-5)
+    fast.save_pretrained(str(tmp_path / "colbert"))
+    reloaded = models.ColBERT(str(tmp_path / "colbert"))
+    for a, b in zip(reloaded.encode(docs, is_query=False), stock.eval().encode(docs, is_query=False), strict=True):
         torch.testing.assert_close(torch.as_tensor(a), torch.as_tensor(b), rtol=1e-5, atol=1e-5)
+    stock_splade, fast_splade = _splade_pair()
+    fast_splade.save_pretrained(str(tmp_path / "splade"))
+    expected = stock_splade.encode(docs, convert_to_tensor=True).to_dense()
+    torch.testing.assert_close(fast_splade.encode(docs, convert_to_tensor=True).to_dense(), expected)
+    torch.testing.assert_close(SparseEncoder(str(tmp_path / "splade")).encode(docs, convert_to_tensor=True).to_dense(),
+                               expected)
+    # And the other way round: a phase starting from a folder the stock class saved (XTR phase 2 from phase 1).
+    stock.save_pretrained(str(tmp_path / "stock-colbert"))
+    again = PackedColBERT(str(tmp_path / "stock-colbert"))
+    assert len(again) == len(stock)  # the Dense head came back, not a bare encoder with mean pooling
+    for a, b in zip(again.encode(docs, is_query=False), stock.encode(docs, is_query=False), strict=True):
+        torch.testing.assert_close(torch.as_tensor(a), torch.as_tensor(b), rtol=1e-5, atol=1e-5)
+    stock_splade.save_pretrained(str(tmp_path / "stock-splade"))
+    torch.testing.assert_close(PackedSparseEncoder(str(tmp_path / "stock-splade")).encode(
+        docs, convert_to_tensor=True).to_dense(), expected)
 
 
 def _splade_pair():

@@ -86,13 +86,29 @@ def padding_positions(features: dict, speed: SpeedConfig | None, bucketed: bool)
     return real, sum(len(rows) * width for rows, width in plan)
 
 
-class PackedColBERT(pylate_models.ColBERT):
+class _SavesAsStock:
+    """Saved folders name the stock class (``model_type`` in config_sentence_transformers.json), so the stock
+    loaders load them as themselves; folders the stock class saved load into the subclass the same way."""
+
+    stock_name: str
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._model_config["model_type"] = self.stock_name
+
+    def _get_model_type(self, *args, **kwargs) -> str:
+        found = super()._get_model_type(*args, **kwargs)  # type: ignore[misc]  # a SentenceTransformer method
+        return type(self).__name__ if found == self.stock_name else found
+
+
+class PackedColBERT(_SavesAsStock, pylate_models.ColBERT):
     """PyLate's ColBERT whose document batches are encoded in length-sorted micro-forwards.
 
     ``tokenize`` marks document batches (a ``document_lengths`` entry) so ``forward`` buckets them; queries,
     padded to ``query_length`` with expansion tokens whose outputs the scores use, are encoded as they are."""
 
     speed: SpeedConfig = SpeedConfig()
+    stock_name = "ColBERT"
 
     def tokenize(self, texts, is_query: bool = True, pad: bool = False, task: str | None = None):  # type: ignore[override]  # PyLate's own signature
         if not is_query and self.speed.documents_to_longest:
@@ -104,7 +120,9 @@ class PackedColBERT(pylate_models.ColBERT):
 
     def forward(self, input: dict, **kwargs) -> dict:  # noqa: A002 - the parent's parameter name
         lengths = input.pop(DOCUMENT_LENGTHS, None)
-        if lengths is None or not self.speed.length_buckets:
+        # Training only: encode() already batches documents sorted by length, and splitting its batches again
+        # measured slower (benchmarks/train_throughput.py --encode).
+        if lengths is None or not self.speed.length_buckets or not self.training:
             return super().forward(input, **kwargs)
         full = input["input_ids"].shape[1]
 
@@ -191,10 +209,11 @@ def splade_max_pool(hiddens: list[torch.Tensor], masks: list[torch.Tensor], deco
     return _SpladeMaxPool.apply(decoder.weight, bias, twice, chunk_tokens, len(hiddens), *hiddens, *masks)
 
 
-class PackedSparseEncoder(SparseEncoder):
+class PackedSparseEncoder(_SavesAsStock, SparseEncoder):
     """sentence-transformers' SparseEncoder (MLMTransformer + SpladePooling) with the SPLADE fast paths."""
 
     speed: SpeedConfig = SpeedConfig()
+    stock_name = "SparseEncoder"
 
     def _fusable(self) -> bool:
         from sentence_transformers.sparse_encoder.models import MLMTransformer, SpladePooling
