@@ -191,7 +191,7 @@ class _SpladeMaxPool(torch.autograd.Function):
         # pooled activations w.r.t. the logits, as a tokens x vocabulary sparse matrix.
         rows, terms = (g != 0).nonzero(as_tuple=True)
         sparse = torch.sparse_coo_tensor(torch.stack([where[rows, terms], terms]), g[rows, terms],
-                                         (flat.shape[0], weight.shape[0])).coalesce()
+                                         (flat.shape[0], weight.shape[0]), check_invariants=False).coalesce()
         grad_flat = torch.sparse.mm(sparse, weight.float())
         grad_weight = torch.sparse.mm(sparse.t(), flat)
         grad_hiddens = [piece.view(h.shape).to(h.dtype)
