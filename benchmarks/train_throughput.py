@@ -104,7 +104,7 @@ def write_base_model(kind: str, size: dict, path: Path) -> None:
 
     torch.manual_seed(0)
     if kind == "splade":
-        from retrievers.neobert import NeoBERTConfig, NeoBERTLMHead
+        from retrievers.models.neobert import NeoBERTConfig, NeoBERTLMHead
 
         config = NeoBERTConfig(hidden_size=size["hidden"], num_hidden_layers=size["neo_layers"],
                                num_attention_heads=size["heads"], intermediate_size=size["neo_inter"],
@@ -420,7 +420,7 @@ def run_encode(recipe: str, device: str, small: bool, n_docs: int) -> dict:
     docs = [_words(rng, _doc_length(rng)) for _ in range(n_docs)]
     models = {}
     if recipe == "splade":
-        from retrievers.train.splade import build_splade
+        from retrievers.models.splade import build_splade
 
         models["stock"] = build_splade(tmp / "base", phase.splade)
         models["ours"] = build_splade(tmp / "base", phase.splade, phase.speed)
@@ -428,7 +428,7 @@ def run_encode(recipe: str, device: str, small: bool, n_docs: int) -> dict:
         def encode(model, texts):
             return model.encode(texts, batch_size=32, convert_to_tensor=True)
     else:
-        from retrievers.train.xtr import build_colbert
+        from retrievers.models.colbert import build_colbert
 
         torch.manual_seed(0)
         models["stock"] = build_colbert(tmp / "base", phase.colbert)

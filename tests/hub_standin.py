@@ -1,6 +1,7 @@
 """A STAND-IN for the Hugging Face Hub's upload API, on loopback, for tests (the real Hub is outside this world).
 
-It implements only what ``HfApi.create_repo / list_repo_refs / create_commit / create_tag / delete_tag`` call
+It implements only what ``HfApi.create_repo / list_repo_refs / list_repo_files / create_commit / create_tag /
+delete_tag`` call
 (plus the anonymous agent-registry lookup huggingface_hub makes first),
 checks what the client sends (bearer token, preupload samples and sizes, the commit's ndjson), and keeps each
 repository as a real git repository under ``root/models/<org>/<name>``: the layout olah's ``mirrors-path``
@@ -57,8 +58,8 @@ class HubStandIn:
             def log_message(self, *args):  # keep test output quiet
                 pass
 
-            def _reply(self, status: int, body: dict | None = None, headers: dict | None = None):
-                data = json.dumps(body or {}).encode()
+            def _reply(self, status: int, body: dict | list | None = None, headers: dict | None = None):
+                data = json.dumps({} if body is None else body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -86,7 +87,7 @@ class HubStandIn:
                     return self._create(json.loads(body))
                 if method == "POST" and path == "/api/validate-yaml":
                     return self._reply(200, {"warnings": []})
-                match = re.fullmatch(r"/api/models/([^/]+/[^/]+)/(refs|preupload|commit|tag)(?:/(.+))?", path)
+                match = re.fullmatch(r"/api/models/([^/]+/[^/]+)/(refs|preupload|commit|tag|tree)(?:/(.+))?", path)
                 if not match:
                     return self._refuse(404, f"stand-in has no route {method} {path}")
                 repo_id, action, rest = match.groups()
@@ -96,6 +97,8 @@ class HubStandIn:
                     tags = [{"name": n, "ref": f"refs/tags/{n}", "targetCommit": c}
                             for n, c in standin.tags(repo_id).items()]
                     return self._reply(200, {"branches": [], "converts": [], "tags": tags, "pullRequests": []})
+                if method == "GET" and action == "tree":
+                    return self._tree(repo_id, rest)
                 if method == "POST" and action == "preupload":
                     return self._preupload(json.loads(body))
                 if method == "POST" and action == "commit":
@@ -136,8 +139,12 @@ class HubStandIn:
                     return self._refuse(400, "commit payload has no header with a summary")
                 folder = standin.repo_dir(repo_id)
                 for line in lines[1:]:
+                    if line["key"] == "deletedFile":
+                        (folder / line["value"]["path"]).unlink()
+                        continue
                     if line["key"] != "file" or line["value"].get("encoding") != "base64":
-                        return self._refuse(400, f"stand-in accepts only inline base64 files, got {line['key']}")
+                        return self._refuse(400, f"stand-in accepts only inline base64 files and deletions, "
+                                                 f"got {line['key']}")
                     target = folder / line["value"]["path"]
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(base64.b64decode(line["value"]["content"]))
@@ -146,6 +153,18 @@ class HubStandIn:
                 oid = standin.git(repo_id, "rev-parse", "HEAD")
                 return self._reply(200, {"commitUrl": f"{standin.endpoint}/{repo_id}/commit/{oid}", "commitOid": oid,
                                          "success": True})
+
+            def _tree(self, repo_id: str, revision: str | None):
+                """Every file at ``revision`` (recursive listing, one page): what ``list_repo_files`` reads."""
+                if (revision or "main").split("/")[0] != "main":
+                    return self._refuse(400, "stand-in lists only the main branch")
+                listing = standin.git(repo_id, "ls-tree", "-r", "-l", "HEAD")
+                files = []
+                for row in listing.splitlines():
+                    meta, name = row.split("\t", 1)
+                    _, _, oid, size = meta.split()
+                    files.append({"type": "file", "path": name, "size": int(size), "oid": oid})
+                return self._reply(200, files)
 
             def _tag(self, repo_id: str, revision: str, payload: dict):
                 if payload["tag"] in standin.tags(repo_id):

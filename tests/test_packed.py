@@ -156,7 +156,7 @@ def test_fast_models_save_what_the_stock_loaders_load_and_encode_alike(tmp_path)
 
 
 def _splade_pair():
-    from retrievers.train.splade import build_splade
+    from retrievers.models.splade import build_splade
 
     torch.manual_seed(0)
     stock = build_splade(TINY_NEOBERT, SpladeConfig(max_seq_length=96))

@@ -218,7 +218,7 @@ class PackedSparseEncoder(_SavesAsStock, SparseEncoder):
     def _fusable(self) -> bool:
         from sentence_transformers.sparse_encoder.models import MLMTransformer, SpladePooling
 
-        from retrievers.neobert import NeoBERTLMHead
+        from retrievers.models.neobert import NeoBERTLMHead
 
         modules = list(self.children())
         return (len(modules) == 2 and isinstance(modules[0], MLMTransformer) and isinstance(modules[1], SpladePooling)
@@ -229,7 +229,7 @@ class PackedSparseEncoder(_SavesAsStock, SparseEncoder):
         fused = speed.fused_splade_pooling and self._fusable()
         if not (fused or speed.length_buckets) or "input_ids" not in input:
             return super().forward(input, **kwargs)
-        from retrievers.neobert import NeoBERTLMHead
+        from retrievers.models.neobert import NeoBERTLMHead
 
         mlm, pooling = self[0], self[1]
         if not fused:

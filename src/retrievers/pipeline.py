@@ -7,13 +7,15 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
+from typing import Annotated
 
+import typer
 import yaml
 
 from retrievers import paths, tracking
-from retrievers.config import ConfigError, Params, SpladePhase, flatten, load_params
+from retrievers.config import ConfigError, Params, flatten, load_params
+from retrievers.errors import exit_on_user_error
 from retrievers.io import write_json_atomic, write_text_atomic
 
 logger = logging.getLogger("retrievers")
@@ -56,8 +58,8 @@ def evaluate(params: Params, model_key: str) -> None:
 
 
 def _source_description(params: Params, folder: str) -> str:
-    kind, _, key = folder.partition("/")
-    if kind != "data":
+    top, _, key = folder.partition("/")
+    if top != "data":
         return folder
     record_file = paths.source_dir(key) / "SOURCE.json"
     record = json.loads(record_file.read_text()) if record_file.exists() else {}
@@ -79,73 +81,40 @@ def _dvc_lock_hashes() -> dict[str, str]:
     }
 
 
-CARD_VERSIONS = ("torch", "transformers", "sentence-transformers", "pylate", "datasets", "tokenizers",
-                 "huggingface-hub")
-
-
 def _hub_repo_id(params: Params, folder: str) -> str | None:
     """The Hub repository behind ``data/<source>`` (None for local folders and ``models/`` paths)."""
-    kind, _, key = folder.partition("/")
-    hub = params.sources[key].hub if kind == "data" else None
+    top, _, key = folder.partition("/")
+    hub = params.sources[key].hub if top == "data" else None
     return hub.repo_id if hub else None
-
-
-def _loss(phase) -> tuple[str, dict]:
-    """The phase's loss and its parameters, as train/ builds it (the card's 'Loss ... with these parameters')."""
-    if isinstance(phase, SpladePhase):
-        return "sentence_transformers.sparse_encoder.losses.SpladeLoss", {
-            "loss": "SparseMultipleNegativesRankingLoss(scale=1.0, similarity_fct='dot_score')",
-            "document_regularizer_weight": phase.document_regularizer_weight,
-            "query_regularizer_weight": phase.query_regularizer_weight,
-            "regularizer_warmup_ratio": phase.regularizer_warmup_ratio,
-        }
-    common = {"temperature": phase.temperature, "learnable_temperature": phase.learnable_temperature}
-    if phase.recipe == "xtr-contrastive":
-        return "retrievers.losses.LearnableTemperatureContrastive (pylate.losses.Contrastive)", {
-            "score_metric": f"pylate.scores.XTRScores(k={phase.k_train})",
-            **common,
-            "gather_across_devices": phase.gather_across_devices,
-        }
-    return "retrievers.losses.LearnableTemperatureDistillation (pylate.losses.Distillation)", {
-        "score_metric": f"pylate.scores.XTRKDScores(k={phase.k_train})",
-        **common,
-        "n_ways": phase.n_ways,
-        "teacher_scores": phase.teacher_scores,
-    }
 
 
 def _indented_json(data) -> str:
     return json.dumps(data, indent=2).replace("\n", "\n  ")
 
 
-def _phase_card_entry(params: Params, key: str, phase) -> dict:
-    from retrievers.cards.compare import card_hyperparameters_of
+def _described_source(record: dict, folder: str) -> str:
+    """'repo_id@commit' of a Hub source as its SOURCE.json recorded it at training time, else the local path."""
+    if "repo_id" in record:
+        return f"{record['repo_id']}@{record.get('resolved_sha', record['revision'])}"
+    return record.get("path", folder)
 
-    non_default, everything = card_hyperparameters_of(params, key)
-    loss_name, loss_parameters = _loss(phase)
-    size = _dataset_size(params, phase)
+
+def _phase_card_entry(params: Params, record: dict) -> dict:
+    """One phase of the card, from what train@ recorded (models/<phase>/training_record.json)."""
+    data = record["data"]
     return {
-        "key": key,
-        "recipe": phase.recipe,
-        "init": phase.init,
-        "dataset": _source_description(params, phase.data),
-        "size": _size_text(phase, size),
-        "loss_name": loss_name,
-        "loss_parameters": _indented_json(loss_parameters),
-        "recipe_settings": {k: v for k, v in flatten(phase).items()
+        "key": record["phase"],
+        "recipe": record["recipe"],
+        "init": record["init"],
+        "dataset": _described_source(data["source"], data["folder"]),
+        "size": f"{data['train_samples']:,} training samples ({data['steps']:,} steps)",
+        "loss_name": record["loss"]["class"],
+        "loss_parameters": _indented_json(record["loss"]["config"]),
+        "recipe_settings": {k: v for k, v in flatten(params.phases[record["phase"]]).items()
                             if not k.startswith("args.") and k not in ("recipe", "model", "init", "data")},
-        "non_default": non_default,
-        "all": everything,
+        "non_default": record["non_default_trainer_arguments"],
+        "all": record["trainer_arguments"],
     }
-
-
-def _size_text(phase, size: int | None) -> str:
-    if size is None:
-        return "the whole dataset"
-    if isinstance(phase, SpladePhase):
-        return f"{size:,} training samples"
-    args = phase.args
-    return f"{size:,} training samples ({args.max_steps:,} steps x batch {args.per_device_train_batch_size})"
 
 
 def _evaluation_datasets(params: Params, model_key: str, metrics: dict) -> dict[str, tuple[str, str | None]]:
@@ -161,18 +130,15 @@ def _evaluation_datasets(params: Params, model_key: str, metrics: dict) -> dict[
     return dict.fromkeys(sets, describe(source.hub or source.local))
 
 
-PER_SET_EVALUATOR = {
-    "pylate-nanobeir": "pylate.evaluation.pylate_information_retrieval_evaluator.PyLateInformationRetrievalEvaluator",
-    "sparse-nanobeir": "sentence_transformers.sparse_encoder.evaluation.SparseInformationRetrievalEvaluator",
-}
-
-
 def card(params: Params, model_key: str) -> None:
     """Render the card from files alone (no model load, no MLflow: release logs the card to the run), and the
     Hub's ``.eval_results`` entries beside it."""
+    from retrievers import models
     from retrievers.cards import describe_architecture, eval_result_entries, render_card
+    from retrievers.train.record import read_records
 
     model = _model(params, model_key)
+    kind = models.for_model(model)
     chain = params.phase_chain(model_key)
     phases = [params.phases[k] for k in chain]
     first, final = phases[0], phases[-1]
@@ -182,6 +148,7 @@ def card(params: Params, model_key: str) -> None:
         for phase in phases for folder in (phase.init, phase.data) if folder.startswith("data/")
     }
     model_dir = paths.model_dir(model_key)
+    records = read_records(model_dir)
     metrics = json.loads(paths.metrics_file(model_key).read_text())
     context = {
         "repo_id": model.hub_repo_id,
@@ -190,12 +157,12 @@ def card(params: Params, model_key: str) -> None:
         "base_model_id": _source_description(params, first.init),
         "training_data": sorted({_source_description(params, p.data) for p in phases}),
         "architecture": describe_architecture(model_dir, model.kind),
-        "embedding_size": _vocab_size(model_dir) if isinstance(final, SpladePhase) else final.colbert.embedding_size,
-        "evaluator_name": type_name(model.evaluation.evaluator),
-        "per_set_evaluator": PER_SET_EVALUATOR[model.evaluation.evaluator],
+        "embedding_size": kind.embedding_size(final, model_dir),
+        "evaluator_name": kind.EVALUATOR_NAME,
+        "per_set_evaluator": kind.PER_SET_EVALUATOR,
         "evaluator_config": _indented_json({"dataset_names": model.evaluation.datasets}),
-        "phases": [_phase_card_entry(params, k, p) for k, p in zip(chain, phases, strict=True)],
-        "versions": {"python": sys.version.split()[0]} | {name: metadata.version(name) for name in CARD_VERSIONS},
+        "phases": [_phase_card_entry(params, record) for record in records],
+        "versions": records[-1]["versions"],  # as train@ recorded them
         "provenance": {
             "git_commit": tracking.base_tags(params, "card")["git_commit"],
             "mlflow_run_id": json.loads(paths.run_record(model_key).read_text())["run_id"],
@@ -203,28 +170,12 @@ def card(params: Params, model_key: str) -> None:
         },
     }
     training_repos = sorted({r for p in phases if (r := _hub_repo_id(params, p.data))})
-    text = render_card(model_key, model, context, metrics,
-                       _hub_repo_id(params, first.init), training_repos, _dataset_size(params, final))
+    loss_tags = list(dict.fromkeys(f"loss:{name}" for record in records for name in record["loss_classes"]))
+    text = render_card(model_key, model, context, metrics, _hub_repo_id(params, first.init), training_repos,
+                       records[-1]["data"]["train_samples"], loss_tags)
     entries = eval_result_entries(metrics, _evaluation_datasets(params, model_key, metrics))
     write_text_atomic(paths.eval_results_file(model_key), yaml.safe_dump(entries, sort_keys=False))
     write_text_atomic(paths.card_file(model_key), text)
-
-
-def _vocab_size(model_dir: Path) -> int:
-    return json.loads((model_dir / "config.json").read_text())["vocab_size"]
-
-
-def _dataset_size(params: Params, phase) -> int | None:
-    if isinstance(phase, SpladePhase):
-        return phase.max_train_samples
-    return phase.args.max_steps * phase.args.per_device_train_batch_size if phase.args.max_steps > 0 else None
-
-
-def type_name(evaluator: str) -> str:
-    return {
-        "pylate-nanobeir": "pylate.evaluation.NanoBEIREvaluator",
-        "sparse-nanobeir": "sentence_transformers.sparse_encoder.evaluation.SparseNanoBEIREvaluator",
-    }[evaluator]
 
 
 def release(params: Params, model_key: str) -> None:
@@ -232,9 +183,6 @@ def release(params: Params, model_key: str) -> None:
 
     _model(params, model_key)
     release_model(params, model_key)
-
-
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
 
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -247,19 +195,13 @@ def stage_main(run: Callable[[Params, str], None], argv: list[str] | None = None
     whose Hub push (off unless models.<model>.release.hub.push) needs huggingface_hub online."""
     if run not in (download, release):
         os.environ.update(OFFLINE_ENV)
-    from retrievers.data.download import DownloadError
-    from retrievers.data.kd import KDDataError
-    from retrievers.release import ReleaseError
-
-    argv = sys.argv[1:] if argv is None else argv
     name = Path(sys.argv[0]).stem
-    if len(argv) != 1:
-        sys.exit(f"usage: python stages/{name}.py <key>")
-    logging.basicConfig(
-        level=os.environ.get("RETRIEVERS_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(levelname)s %(message)s"
-    )
-    errors: tuple[type[BaseException], ...] = (*USER_ERRORS, DownloadError, KDDataError, ReleaseError)
-    try:
-        run(load_params(), argv[0])
-    except errors as error:
-        sys.exit(f"{name}@{argv[0]}: error: {error}")
+
+    def command(key: Annotated[str, typer.Argument(help="the stage key (a key of sources, phases or models)")]) -> None:
+        logging.basicConfig(level=os.environ.get("RETRIEVERS_LOG_LEVEL", "INFO"),
+                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        exit_on_user_error(f"{name}@{key}", lambda: run(load_params(), key))
+
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command(help=(run.__doc__ or name).split("\n")[0])(command)
+    app(args=sys.argv[1:] if argv is None else argv, prog_name=f"python stages/{name}.py")

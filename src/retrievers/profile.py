@@ -9,17 +9,17 @@ copied only when their content changed, with their timestamps, so a second run i
 
 from __future__ import annotations
 
-import argparse
 import filecmp
 import shutil
 import subprocess
-import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 import yaml
 
 from retrievers.config import ConfigError, parse_params
+from retrievers.errors import exit_on_user_error
 
 # Pipeline outputs and state that a workspace makes for itself.
 NOT_SYNCED_PREFIXES = (
@@ -117,16 +117,13 @@ def sync_workspace(root: Path, workspace: Path, profile: str) -> None:
         local_config.write_text("[core]\n    no_scm = True\n")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("profile")
-    parser.add_argument("workspace", type=Path)
-    args = parser.parse_args(argv)
-    try:
-        sync_workspace(Path.cwd(), args.workspace, args.profile)
-    except ConfigError as error:
-        sys.exit(f"error: {error}")
+def main(
+    profile: Annotated[str, typer.Argument(help="profiles/<name>.yaml to merge over params.yaml")],
+    workspace: Annotated[Path, typer.Argument(help="folder to materialise the workspace in")],
+) -> None:
+    """Write params.yaml merged with a profile, and the repository's sources, into a workspace."""
+    exit_on_user_error("profile", lambda: sync_workspace(Path.cwd(), workspace, profile))
 
 
 if __name__ == "__main__":
-    main()
+    typer.run(main)

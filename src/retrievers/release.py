@@ -20,17 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from retrievers import paths, tracking
+from retrievers import models, paths, tracking
 from retrievers.config import ModelConfig, Params
+from retrievers.errors import ReleaseError
 from retrievers.io import atomic_dir, write_json_atomic
 
 logger = logging.getLogger(__name__)
 ALIAS = "candidate"
 RUNTIME_PACKAGES = ("torch", "transformers", "sentence-transformers", "pylate")
-
-
-class ReleaseError(RuntimeError):
-    """A release refused, with one line saying why and what to do."""
+HUB_OWN_FILES = (".gitattributes",)  # created by the Hub with the repository, not part of a release
 
 
 def check_gate(model_key: str, config: ModelConfig, metrics_path: Path) -> float:
@@ -51,24 +49,15 @@ def check_gate(model_key: str, config: ModelConfig, metrics_path: Path) -> float
     return value
 
 
-def encode_probe(model, kind: str, texts: list[str]) -> list[np.ndarray]:
-    """Deterministic encodings used to compare two copies of a model."""
-    if kind == "colbert":
-        outputs = model.encode(texts, is_query=True, show_progress_bar=False)
-        outputs += model.encode(texts, is_query=False, show_progress_bar=False)
-        return [np.asarray(o, dtype=np.float32) for o in outputs]
-    dense = model.encode(texts, convert_to_sparse_tensor=False, show_progress_bar=False)
-    return [np.asarray(row.cpu() if hasattr(row, "cpu") else row, dtype=np.float32) for row in dense]
-
-
 def verify_bundle(config: ModelConfig, trained: Path, bundle: Path) -> float:
     """Max absolute difference between the bundle's and the trained model's probe encodings (must be ~0)."""
     from retrievers.evaluate import load_model
 
     probe = config.release.probe_texts
     # Absolute paths: a relative one ("models/x") reads as a Hub repo id when the Hub is online (push on).
-    expected = encode_probe(load_model(config, trained.resolve()), config.kind, probe)
-    got = encode_probe(load_model(config, bundle.resolve()), config.kind, probe)
+    kind = models.for_model(config)
+    expected = kind.encode_probe(load_model(config, trained.resolve()), probe)
+    got = kind.encode_probe(load_model(config, bundle.resolve()), probe)
     worst = max(
         float(np.max(np.abs(a - b))) if a.shape == b.shape else float("inf") for a, b in zip(expected, got, strict=True)
     )
@@ -87,17 +76,12 @@ def _pyfunc_class():
         def load_context(self, context):
             bundle = Path(context.artifacts["bundle"])
             release = json.loads((bundle / "release.json").read_text())
-            self.kind = release["kind"]
-            from retrievers.evaluate import load_kind
-
-            self.model = load_kind(self.kind, bundle)
+            self.kind = models.kind_module(release["kind"])
+            self.model = self.kind.load(bundle)
 
         def predict(self, context, model_input, params=None):
             texts = list(model_input.iloc[:, 0]) if hasattr(model_input, "iloc") else list(model_input)
-            if self.kind == "colbert":
-                is_query = bool((params or {}).get("is_query", True))
-                return [e.tolist() for e in self.model.encode(texts, is_query=is_query, show_progress_bar=False)]
-            return [self.model.decode(e, top_k=None) for e in self.model.encode(texts, show_progress_bar=False)]
+            return self.kind.predict(self.model, texts, params)
 
     return RetrieverModel
 
@@ -211,20 +195,26 @@ class HubPublisher:
         return exists
 
     def push(self, bundle: Path, tag_exists: bool, message: str) -> dict:
-        from huggingface_hub import CommitOperationAdd
+        """One commit that makes the repository's files exactly the bundle's: every bundle file added, every
+        file of the previous release that the bundle no longer has deleted (the Hub's own files kept)."""
+        from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
-        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(bundle / name))
-                      for name, _ in bundle_files(bundle)]
+        names = [name for name, _ in bundle_files(bundle)]
+        operations: list = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(bundle / name)) for name in names]
         try:
             self.api.create_repo(self.repo_id, exist_ok=True)
+            stale = sorted(set(self.api.list_repo_files(self.repo_id)) - set(names) - set(HUB_OWN_FILES))
+            operations += [CommitOperationDelete(path_in_repo=name) for name in stale]
             commit = self.api.create_commit(self.repo_id, operations=operations, commit_message=message)
             if tag_exists:
                 self.api.delete_tag(self.repo_id, tag=self.hub.tag)
             self.api.create_tag(self.repo_id, tag=self.hub.tag, revision=commit.oid, tag_message=message)
         except self._transport_errors() as error:
             raise self._hub_error("pushing to", error) from None
-        logger.info("pushed %s files to %s@%s (%s)", len(operations), self.repo_id, self.hub.tag, commit.oid)
-        return {"repo_id": self.repo_id, "tag": self.hub.tag, "commit": commit.oid, "endpoint": self.api.endpoint}
+        logger.info("pushed %s files (deleted %s) to %s@%s (%s)", len(names), len(stale), self.repo_id, self.hub.tag,
+                    commit.oid)
+        return {"repo_id": self.repo_id, "tag": self.hub.tag, "commit": commit.oid, "endpoint": self.api.endpoint,
+                "deleted": stale}
 
 
 def release_model(params: Params, model_key: str) -> dict:

@@ -54,7 +54,7 @@ def write_ndcg_plot(model_key: str, metrics: dict[str, float]) -> Path:
     return path
 
 
-def log_plot(path: Path, kind: str, title: str) -> None:
+def log_plot(path: Path, plot: str, title: str) -> None:
     """Log a plots CSV and its figure (a line for 'loss', bars for 'ndcg') to the active MLflow run."""
     import matplotlib
 
@@ -65,12 +65,12 @@ def log_plot(path: Path, kind: str, title: str) -> None:
     with path.open() as handle:
         header, *rows = list(csv.reader(handle))
     figure, axis = plt.subplots(figsize=(6, 3.5))
-    if kind == "loss":
+    if plot == "loss":
         axis.plot([int(r[0]) for r in rows], [float(r[1]) for r in rows])
     else:
         axis.barh([r[0] for r in rows], [float(r[1]) for r in rows])
-    axis.set_xlabel(header[0] if kind == "loss" else header[1])
-    axis.set_ylabel(header[1] if kind == "loss" else header[0])
+    axis.set_xlabel(header[0] if plot == "loss" else header[1])
+    axis.set_ylabel(header[1] if plot == "loss" else header[0])
     axis.set_title(title)
     figure.tight_layout()
     mlflow.log_artifact(str(path), artifact_path="plots")

@@ -12,34 +12,8 @@ from pathlib import Path
 
 import torch
 
-from retrievers.config import SpeedConfig, SpladeConfig, SpladePhase
-
-
-def build_splade(init: Path, splade: SpladeConfig, speed: SpeedConfig | None = None):
-    """MLMTransformer + SpladePooling over a masked-language model (or reload a saved SparseEncoder).
-
-    With ``speed``, the model is a ``retrievers.packed.PackedSparseEncoder`` (same modules and saved files)."""
-    from sentence_transformers import SparseEncoder
-
-    from retrievers.packed import PackedSparseEncoder, with_speed
-
-    if speed is not None:
-        return with_speed(_build_splade(PackedSparseEncoder, init, splade), speed)
-    return _build_splade(SparseEncoder, init, splade)
-
-
-def _build_splade(cls, init: Path, splade: SpladeConfig):
-    from sentence_transformers.sparse_encoder.models import MLMTransformer, SpladePooling
-
-    if (init / "modules.json").exists():
-        return cls(str(init))
-    mlm = MLMTransformer(str(init), max_seq_length=splade.max_seq_length)
-    pooling = SpladePooling(
-        pooling_strategy=splade.pooling_strategy,
-        activation_function=splade.activation_function,
-        word_embedding_dimension=mlm.get_sentence_embedding_dimension(),
-    )
-    return cls(modules=[mlm, pooling])
+from retrievers.config import SpladePhase
+from retrievers.models.splade import build_splade
 
 
 def build_optimizer(model, phase: SpladePhase):

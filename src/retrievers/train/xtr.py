@@ -4,41 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from retrievers.config import ColBERTConfig, SpeedConfig, XTRContrastivePhase, XTRDistillationPhase
-
-
-def build_colbert(init: Path, colbert: ColBERTConfig, device: str | None = None, speed: SpeedConfig | None = None):
-    """A PyLate ColBERT from a base encoder (adds the Dense head) or from a ColBERT checkpoint (keeps it).
-
-    Prefixes are passed explicitly: PyLate treats ``None`` as its "[Q] "/"[D] " defaults. With ``speed``, the
-    model is a ``retrievers.packed.PackedColBERT`` (same modules and saved files, faster document encoding)."""
-    from pylate import models
-
-    from retrievers.packed import PackedColBERT, with_speed
-
-    cls = models.ColBERT if speed is None else PackedColBERT
-    model = cls(
-        model_name_or_path=str(init),
-        embedding_size=colbert.embedding_size,
-        query_length=colbert.query_length,
-        document_length=colbert.document_length,
-        query_prefix=colbert.query_prefix,
-        document_prefix=colbert.document_prefix,
-        attend_to_expansion_tokens=colbert.attend_to_expansion_tokens,
-        device=device,
-    )
-    return model if speed is None else with_speed(model, speed)
-
-
-def colbert_collator(model):
-    """PyLate's collator, or its packed variant (documents padded to the batch's longest) for a PackedColBERT."""
-    from pylate import utils
-
-    from retrievers.packed import PackedColBERT, PackedColBERTCollator
-
-    if isinstance(model, PackedColBERT) and model.speed.documents_to_longest:
-        return PackedColBERTCollator(model.tokenize)
-    return utils.ColBERTCollator(model.tokenize)
+from retrievers.config import XTRContrastivePhase, XTRDistillationPhase
+from retrievers.errors import DataError
+from retrievers.models.colbert import build_colbert, colbert_collator
 
 
 def contrastive_trainer(phase: XTRContrastivePhase, init: Path, data: Path, args):
@@ -52,7 +20,7 @@ def contrastive_trainer(phase: XTRContrastivePhase, init: Path, data: Path, args
     train = load_dataset(str(data), split="train")
     missing = {"query", "positive", "negative"} - set(train.column_names)
     if missing:
-        raise ValueError(f"{data}: triplets need columns query, positive, negative; missing {sorted(missing)}")
+        raise DataError(f"{data}: triplets need columns query, positive, negative; missing {sorted(missing)}")
     if phase.max_train_samples is not None:
         train = train.select(range(min(phase.max_train_samples, len(train))))
     loss = LearnableTemperatureContrastive(

@@ -1,8 +1,8 @@
 """Evaluate an already published checkpoint exactly as evaluate@<model> evaluates ours, next to its card.
 
-    python -m retrievers.published modernbert-xtr                       # models.<key>.reference from params.yaml
-    python -m retrievers.published modernbert-xtr --checkpoint robro612/ModernBERT-XTR@<commit>
-    python -m retrievers.published neobert-splade --checkpoint releases/neobert-splade --output cmp.json
+    python -m retrievers.reproduce modernbert-xtr                       # models.<key>.reference from params.yaml
+    python -m retrievers.reproduce modernbert-xtr --checkpoint robro612/ModernBERT-XTR@<commit>
+    python -m retrievers.reproduce neobert-splade --checkpoint releases/neobert-splade --output cmp.json
 
 The checkpoint (a Hub repository at a revision, or a local folder) is loaded with the stock loader of the
 model's kind, evaluated with the model's ``evaluation`` config on the pipeline's local copy of the evaluation
@@ -13,15 +13,18 @@ reports is printed next to the measured value. The exit status is 1 when a diffe
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
+
+import typer
 
 from retrievers import paths
 from retrievers.config import ConfigError, HubRepo, Params, load_params
-from retrievers.data.download import DownloadError, hub_snapshot
+from retrievers.errors import MissingInputError, exit_on_user_error
+from retrievers.hub import hub_snapshot
 from retrievers.io import write_json_atomic
 
 
@@ -54,7 +57,7 @@ def card_metrics(checkpoint: Path) -> dict[str, float]:
     """The card's model-index as flat evaluator keys ('NanoSciFact_dot_ndcg@10', 'NanoBEIR_mean_...')."""
     from huggingface_hub import metadata_load
 
-    from retrievers.cards.published import flat_metrics
+    from retrievers.cards import flat_metrics
 
     readme = checkpoint / "README.md"
     model_index = (metadata_load(readme) or {}).get("model-index") if readme.exists() else None
@@ -76,7 +79,7 @@ def evaluate_checkpoint(params: Params, model_key: str, checkpoint: Checkpoint) 
     config = params.models[model_key]
     data = paths.source_dir(config.evaluation.data)
     if not data.is_dir():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{data}: the evaluation data is missing; fetch it first with `dvc repro download@{config.evaluation.data}`"
         )
     return evaluate_with(load_model(config, checkpoint.path), config.evaluation)
@@ -91,39 +94,45 @@ def _print_table(rows: list[dict], tolerance: float) -> None:
         print(f"{row['metric']:<48} {row['card']:>10.4f} {measured:>10} {diff:>10}{flag}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m retrievers.published", description=__doc__.split("\n")[0])
-    parser.add_argument("model", help="model key in params.yaml (e.g. modernbert-xtr)")
-    parser.add_argument("--checkpoint", help="local folder, or Hub repo id [@revision]; default: the params reference")
-    parser.add_argument("--params", default="params.yaml", type=Path)
-    parser.add_argument("--tolerance", type=float, default=0.005, help="largest accepted |measured - card|")
-    parser.add_argument("--output", type=Path, help="write metrics and the comparison as JSON here")
-    args = parser.parse_args(argv)
-    # Only the checkpoint download may use the network; evaluation data comes from the pipeline's local copy.
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    try:
-        params = load_params(args.params)
-        if args.model not in params.models:
-            raise ConfigError(f"unknown model {args.model!r}; models in {args.params}: {', '.join(params.models)}")
-        checkpoint = resolve_checkpoint(params, args.model, args.checkpoint)
-        measured = evaluate_checkpoint(params, args.model, checkpoint)
-    except (ConfigError, DownloadError, FileNotFoundError) as error:
-        print(f"published@{args.model}: error: {error}", file=sys.stderr)
-        return 2
-    rows = compare(measured, card_metrics(checkpoint.path))
+def run(model: str, checkpoint: str | None, params_file: Path, tolerance: float, output: Path | None) -> int:
+    """Evaluate, print the comparison; 0 when every metric is within ``tolerance`` of the card, else 1."""
+    params = load_params(params_file)
+    if model not in params.models:
+        raise ConfigError(f"unknown model {model!r}; models in {params_file}: {', '.join(params.models)}")
+    resolved = resolve_checkpoint(params, model, checkpoint)
+    measured = evaluate_checkpoint(params, model, resolved)
+    rows = compare(measured, card_metrics(resolved.path))
     if not rows:
-        print(f"{checkpoint.origin}: its card reports no model-index; measured:")
+        print(f"{resolved.origin}: its card reports no model-index; measured:")
         for key, value in measured.items():
             print(f"{key:<48} {value:>10.4f}")
-    print(f"{checkpoint.origin}: {len(rows)} metrics reported by its card")
-    _print_table(rows, args.tolerance)
-    if args.output:
-        write_json_atomic(args.output, {"checkpoint": checkpoint.origin, "metrics": measured, "comparison": rows})
-    failed = [r["metric"] for r in rows if r["diff"] is None or abs(r["diff"]) > args.tolerance]
+    print(f"{resolved.origin}: {len(rows)} metrics reported by its card")
+    _print_table(rows, tolerance)
+    if output:
+        write_json_atomic(output, {"checkpoint": resolved.origin, "metrics": measured, "comparison": rows})
+    failed = [r["metric"] for r in rows if r["diff"] is None or abs(r["diff"]) > tolerance]
     if failed:
-        print(f"{len(failed)} of {len(rows)} metrics differ from the card by more than {args.tolerance}")
+        print(f"{len(failed)} of {len(rows)} metrics differ from the card by more than {tolerance}")
     return 1 if failed else 0
 
 
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.command(help=__doc__.split("\n")[0])
+def main(
+    model: Annotated[str, typer.Argument(help="model key in params.yaml (e.g. modernbert-xtr)")],
+    checkpoint: Annotated[str | None, typer.Option(
+        help="local folder, or Hub repo id [@revision]; default: the params reference")] = None,
+    params: Annotated[Path, typer.Option(help="params file")] = Path("params.yaml"),
+    tolerance: Annotated[float, typer.Option(help="largest accepted |measured - card|")] = 0.005,
+    output: Annotated[Path | None, typer.Option(help="write metrics and the comparison as JSON here")] = None,
+) -> None:
+    # Only the checkpoint download may use the network; evaluation data comes from the pipeline's local copy.
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    status = exit_on_user_error(f"reproduce@{model}", lambda: run(model, checkpoint, params, tolerance, output))
+    raise typer.Exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    app()
