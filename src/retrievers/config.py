@@ -172,6 +172,28 @@ class TrainerArgs(Strict):
         return value
 
 
+class SpeedConfig(Strict):
+    """Training fast paths (``retrievers.packed``). Each computes what the stock path computes (equal losses and
+    gradients, ``tests/test_packed.py``); off by default, on in the published recipes."""
+
+    length_buckets: bool = Field(
+        default=False, description="encode a batch in length-sorted micro-forwards, each trimmed to its longest "
+        "row; outputs reassembled in the batch's order and shape")
+    bucket_tokens: int = Field(default=16384, ge=1, description="token positions per micro-forward (rows x width)")
+    pad_multiple: int = Field(default=8, ge=1, description="micro-forward widths are rounded up to this multiple")
+    min_bucket_efficiency: float = Field(
+        default=0.95, gt=0, le=1,
+        description="a micro-forward closes before a row that would bring its real tokens / positions below this")
+    documents_to_longest: bool = Field(
+        default=False, description="ColBERT: pad documents to the batch's longest, not to document_length "
+        "(padded positions are masked out of the scores)")
+    fused_splade_pooling: bool = Field(
+        default=False, description="SPLADE on NeoBERT: max-pooled log1p(relu) activations without the "
+        "tokens x vocabulary tensor (custom autograd function)")
+    splade_chunk_tokens: int = Field(
+        default=2048, ge=1, description="token positions whose vocabulary logits exist at once")
+
+
 class PhaseBase(Strict):
     model: str = Field(description="key in `models` this phase trains towards")
     init: str = Field(description="folder the phase starts from: data/<base model> or models/<earlier phase>")
@@ -186,6 +208,7 @@ class PhaseBase(Strict):
         1, ge=1, description="training processes on this node (one per GPU); above 1 train@ runs under torchrun (DDP)"
     )
     args: TrainerArgs
+    speed: SpeedConfig = SpeedConfig()
 
 
 class XTRContrastivePhase(PhaseBase):

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from retrievers.config import ColBERTConfig
+from retrievers.config import ColBERTConfig, SpeedConfig
 from retrievers.errors import MissingInputError
 
 KIND = "colbert"
@@ -26,13 +26,17 @@ def recognises(modules_json: str) -> bool:
 
 
 # ------------------------------------------------------------------------------------------- building
-def build_colbert(init: Path, colbert: ColBERTConfig, device: str | None = None):
+def build_colbert(init: Path, colbert: ColBERTConfig, device: str | None = None, speed: SpeedConfig | None = None):
     """A PyLate ColBERT from a base encoder (adds the Dense head) or from a ColBERT checkpoint (keeps it).
 
-    Prefixes are passed explicitly: PyLate treats ``None`` as its "[Q] "/"[D] " defaults."""
+    Prefixes are passed explicitly: PyLate treats ``None`` as its "[Q] "/"[D] " defaults. With ``speed``, the
+    model is a ``retrievers.packed.PackedColBERT`` (same modules and saved files, faster training forwards)."""
     from pylate import models
 
-    return models.ColBERT(
+    from retrievers.packed import PackedColBERT, with_speed
+
+    cls = models.ColBERT if speed is None else PackedColBERT
+    model = cls(
         model_name_or_path=str(init),
         embedding_size=colbert.embedding_size,
         query_length=colbert.query_length,
@@ -42,6 +46,18 @@ def build_colbert(init: Path, colbert: ColBERTConfig, device: str | None = None)
         attend_to_expansion_tokens=colbert.attend_to_expansion_tokens,
         device=device,
     )
+    return model if speed is None else with_speed(model, speed)
+
+
+def colbert_collator(model):
+    """PyLate's collator, or its packed variant (documents padded to the batch's longest) for a PackedColBERT."""
+    from pylate import utils
+
+    from retrievers.packed import PackedColBERT, PackedColBERTCollator
+
+    if isinstance(model, PackedColBERT) and model.speed.documents_to_longest:
+        return PackedColBERTCollator(model.tokenize)
+    return utils.ColBERTCollator(model.tokenize)
 
 
 def build(phase):

@@ -157,13 +157,14 @@ class NeoBERT(NeoBERTPreTrainedModel):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         output_hidden_states: bool = False,
         return_dict: bool = True,
+        inputs_embeds: torch.Tensor | None = None,
         **_unused,  # token_type_ids from BERT tokenizers: NeoBERT has no segment embedding
     ) -> BaseModelOutput:
-        x = self.encoder(input_ids)
+        x = self.encoder(input_ids) if inputs_embeds is None else inputs_embeds
         # [batch, 1, 1, length] booleans, True where a key may be attended to (padding is not).
         mask = attention_mask.bool()[:, None, None, :] if attention_mask is not None else None
         rotations = rope_rotations(x.shape[1], self.config.dim_head, x.device)
@@ -173,7 +174,7 @@ class NeoBERT(NeoBERTPreTrainedModel):
             if hidden_states is not None:
                 hidden_states.append(x)
         x = self.layer_norm(x)
-        return BaseModelOutput(last_hidden_state=x, hidden_states=tuple(hidden_states) if hidden_states else None)
+        return BaseModelOutput(last_hidden_state=x, hidden_states=tuple(hidden_states) if hidden_states else None)  # type: ignore[arg-type]
 
 
 class NeoBERTLMHead(NeoBERTPreTrainedModel):

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from retrievers.config import SpladeConfig
+from retrievers.config import SpeedConfig, SpladeConfig
 
 KIND = "splade"
 ARCHITECTURE_NAME = "SparseEncoder"  # the repr of the libraries' model object, as the published cards print it
@@ -27,20 +27,31 @@ def recognises(modules_json: str) -> bool:
 
 
 # ------------------------------------------------------------------------------------------- building
-def build_splade(init: Path, splade: SpladeConfig):
-    """MLMTransformer + SpladePooling over a masked-language model (or reload a saved SparseEncoder)."""
+def build_splade(init: Path, splade: SpladeConfig, speed: SpeedConfig | None = None):
+    """MLMTransformer + SpladePooling over a masked-language model (or reload a saved SparseEncoder).
+
+    With ``speed``, the model is a ``retrievers.packed.PackedSparseEncoder`` (same modules and saved files)."""
     from sentence_transformers import SparseEncoder
+
+    from retrievers.packed import PackedSparseEncoder, with_speed
+
+    if speed is not None:
+        return with_speed(_build_splade(PackedSparseEncoder, init, splade), speed)
+    return _build_splade(SparseEncoder, init, splade)
+
+
+def _build_splade(cls, init: Path, splade: SpladeConfig):
     from sentence_transformers.sparse_encoder.models import MLMTransformer, SpladePooling
 
     if (init / "modules.json").exists():
-        return SparseEncoder(str(init))
+        return cls(str(init))
     mlm = MLMTransformer(str(init), max_seq_length=splade.max_seq_length)
     pooling = SpladePooling(
         pooling_strategy=splade.pooling_strategy,
         activation_function=splade.activation_function,
         word_embedding_dimension=mlm.get_sentence_embedding_dimension(),
     )
-    return SparseEncoder(modules=[mlm, pooling])
+    return cls(modules=[mlm, pooling])
 
 
 def build(phase):

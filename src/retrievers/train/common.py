@@ -21,8 +21,9 @@ logger = logging.getLogger(__name__)
 CONFIG_STAMP = "phase_config.json"
 
 
-def trainer_arguments(args_cls: type, args: TrainerArgs, output_dir: Path, seed: int, **extra):
-    """Build (Sentence|SparseEncoder)TrainingArguments from the phase's typed args."""
+def trainer_arguments(args_cls: type, args: TrainerArgs, output_dir: Path, seed: int, report_to=("mlflow",), **extra):
+    """Build (Sentence|SparseEncoder)TrainingArguments from the phase's typed args (``report_to``: the trainer's
+    integrations; ``()`` for none, as tests and benchmarks use it)."""
     from sentence_transformers.training_args import BatchSamplers
 
     values = args.model_dump()
@@ -30,7 +31,7 @@ def trainer_arguments(args_cls: type, args: TrainerArgs, output_dir: Path, seed:
     return args_cls(
         output_dir=str(output_dir),
         seed=seed,
-        report_to=["mlflow"],
+        report_to=list(report_to) or "none",
         save_strategy="steps",
         logging_strategy="steps",
         disable_tqdm=False,

@@ -272,7 +272,7 @@ def splade_trainer(phase: SpladePhase, init: Path, data: Path, args, seed: int):
     from retrievers.data.kd import kd_rows, load_kd_tables
 
     tables = load_kd_tables(data, phase.teacher_scores)
-    model = build_splade(init, phase.splade)
+    model = build_splade(init, phase.splade, phase.speed)
     train, held_out = kd_rows(tables, phase.kept_documents, seed, phase.max_train_samples, phase.eval_samples)
     loss = build_loss(model, phase)
     # Explicit: without it the trainer silently adds the same callback with its own defaults (linear, 1/3).

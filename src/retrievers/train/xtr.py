@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from retrievers.config import XTRContrastivePhase, XTRDistillationPhase
-from retrievers.models.colbert import build_colbert
+from retrievers.models.colbert import build_colbert, colbert_collator
 
 
 def contrastive_trainer(phase: XTRContrastivePhase, init: Path, data: Path, args):
-    from pylate import losses, scores, utils
+    from pylate import losses, scores
     from sentence_transformers import SentenceTransformerTrainer
 
     from retrievers.data.local import load_split
@@ -19,7 +19,7 @@ def contrastive_trainer(phase: XTRContrastivePhase, init: Path, data: Path, args
     train = load_split(data, "default", "train")  # the files DVC hashed
     check_triplets(train.data.table, f"{data} (triplets)")
     train = train.select_columns(["query", "positive", "negative"])
-    model = build_colbert(init, phase.colbert)
+    model = build_colbert(init, phase.colbert, speed=phase.speed)
     if phase.max_train_samples is not None:
         train = train.select(range(min(phase.max_train_samples, len(train))))
     loss = losses.Contrastive(
@@ -30,20 +30,20 @@ def contrastive_trainer(phase: XTRContrastivePhase, init: Path, data: Path, args
         gather_across_devices=phase.gather_across_devices,
     )
     trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=train, loss=loss, data_collator=utils.ColBERTCollator(model.tokenize)
+        model=model, args=args, train_dataset=train, loss=loss, data_collator=colbert_collator(model)
     )
     return model, trainer
 
 
 def distillation_trainer(phase: XTRDistillationPhase, init: Path, data: Path, args):
-    from pylate import scores, utils
+    from pylate import scores
     from sentence_transformers import SentenceTransformerTrainer
 
     from retrievers.data.kd import kd_training_dataset, load_kd_tables
     from retrievers.losses import TemperatureDistillation, register_temperature
 
     tables = load_kd_tables(data, phase.teacher_scores)
-    model = build_colbert(init, phase.colbert)
+    model = build_colbert(init, phase.colbert, speed=phase.speed)
     train = kd_training_dataset(tables, phase.n_ways, phase.max_train_samples)
     loss = TemperatureDistillation(
         model=model,
@@ -52,6 +52,6 @@ def distillation_trainer(phase: XTRDistillationPhase, init: Path, data: Path, ar
         minmax_normalize_scores=phase.minmax_normalize_scores,
     )
     trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=train, loss=loss, data_collator=utils.ColBERTCollator(model.tokenize)
+        model=model, args=args, train_dataset=train, loss=loss, data_collator=colbert_collator(model)
     )
     return model, trainer
