@@ -102,10 +102,34 @@ def _pyfunc_class():
     return RetrieverModel
 
 
+NEOBERT_CODE = "modeling_neobert.py"
+
+
+def add_neobert_code(folder: Path) -> bool:
+    """Make a NeoBERT model folder self-contained: copy the native modeling code in as remote code and point
+    config.json's ``auto_map`` to it, so that ``trust_remote_code=True`` loads it where this package is not
+    installed. With the package imported, the registered native class is used and the copy is not needed.
+    Returns False (and changes nothing) for other architectures."""
+    config_file = folder / "config.json"
+    config = json.loads(config_file.read_text()) if config_file.exists() else {}
+    if config.get("model_type") != "neobert":
+        return False
+    from retrievers import neobert  # plain Python source; importing it also imports transformers
+
+    shutil.copyfile(neobert.__file__, folder / NEOBERT_CODE)
+    module = Path(NEOBERT_CODE).stem
+    config["auto_map"] = {"AutoConfig": f"{module}.NeoBERTConfig", "AutoModel": f"{module}.NeoBERT",
+                          "AutoModelForMaskedLM": f"{module}.NeoBERTLMHead"}
+    write_json_atomic(config_file, config)
+    return True
+
+
 def assemble_bundle(model_key: str, config: ModelConfig, target: Path, gate_value: float) -> None:
-    """Copy the evaluated model, its card and metrics into ``target`` (atomically)."""
+    """Copy the evaluated model, its card and metrics into ``target`` (atomically); a NeoBERT model also gets
+    its modeling code (see ``add_neobert_code``)."""
     with atomic_dir(target) as scratch:
         shutil.copytree(paths.model_dir(model_key), scratch, dirs_exist_ok=True)
+        add_neobert_code(scratch)
         shutil.copy2(paths.card_file(model_key), scratch / "README.md")
         # The Hub reads eval results from .eval_results/ at the repository root, beside the card.
         eval_results = paths.eval_results_file(model_key)
