@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +20,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from retrievers.io import write_json_atomic
+
 app = typer.Typer(
     help="Download released retrievers, encode texts, index a corpus and search it.",
     no_args_is_help=True,
@@ -26,7 +29,7 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-INDEX_RECORD = "retrievers-index.json"
+INDEX_RECORD = "retrievers-index.json"  # = indexing.INDEX_RECORD
 BATCH = 32
 
 
@@ -113,30 +116,10 @@ def load(folder: Path):
 
 # ---------------------------------------------------------------------------------------------- data
 def read_records(path: Path) -> list[dict]:
-    """[{'id', 'text'}] from a jsonl or parquet file."""
-    if not path.exists():
-        raise CLIError(f"{path}: no such file")
-    if path.suffix in (".jsonl", ".json"):
-        rows = []
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    raise CLIError(f"{path}:{number}: not a JSON object; each line must be one") from None
-    elif path.suffix == ".parquet":
-        import pyarrow.parquet as pq
+    """[{'id', 'text'}] from a jsonl or parquet file (a query file: small, read whole)."""
+    from retrievers.indexing import iter_batches
 
-        rows = pq.read_table(path).to_pylist()
-    else:
-        raise CLIError(f"{path}: unknown format {path.suffix!r}; give a .jsonl or .parquet file")
-    records = []
-    for number, row in enumerate(rows, 1):
-        key = "id" if isinstance(row, dict) and "id" in row else "_id"
-        if not isinstance(row, dict) or key not in row or "text" not in row:
-            raise CLIError(f"{path}: row {number} needs an 'id' (or '_id') and a 'text' field")
-        text = f"{row['title']} {row['text']}" if row.get("title") else row["text"]
-        records.append({"id": str(row[key]), "text": text})
+    records = [r for batch in iter_batches(path, 1024) for r in batch]
     if not records:
         raise CLIError(f"{path}: no records")
     return records
@@ -144,48 +127,29 @@ def read_records(path: Path) -> list[dict]:
 
 def encode(kind: str, model, texts: list[str], is_query: bool, what: str):
     """ColBERT: a list of [tokens, dim] arrays; SPLADE: a scipy CSR matrix [texts, vocabulary]."""
+    from retrievers.indexing import encode_texts
+
     parts = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task(f"encoding {what}", total=len(texts))
         for start in range(0, len(texts), BATCH):
-            batch = texts[start : start + BATCH]
-            if kind == "colbert":
-                parts += model.encode(batch, is_query=is_query, batch_size=BATCH, show_progress_bar=False)
-            else:
-                method = model.encode_query if is_query else model.encode_document
-                parts.append(_to_csr(method(batch, batch_size=BATCH, convert_to_sparse_tensor=True,
-                                            show_progress_bar=False)))
-            progress.advance(task, len(batch))
+            parts.append(encode_texts(kind, model, texts[start : start + BATCH], is_query))
+            progress.advance(task, len(parts[-1]) if kind == "colbert" else parts[-1].shape[0])
     if kind == "colbert":
-        return [np.asarray(p, dtype=np.float32) for p in parts]
+        return [e for part in parts for e in part]
     from scipy import sparse
 
     return sparse.vstack(parts).tocsr()
 
 
-def _rows(matrix):
-    """(term ids as strings, float32 weights) per row of a CSR matrix: Seismic's sparse vector format."""
-    from seismic import get_seismic_string
-
-    for i in range(matrix.shape[0]):
-        row = matrix.getrow(i)
-        yield row.indices.astype(str).astype(get_seismic_string()), row.data.astype(np.float32)
-
-
-def _to_csr(tensor):
-    from scipy import sparse
-
-    coo = tensor.coalesce().cpu()
-    rows, cols = coo.indices().numpy()
-    return sparse.csr_matrix((coo.values().float().numpy(), (rows, cols)), shape=tuple(coo.shape))
-
-
 # ------------------------------------------------------------------------------------------ commands
 def _run(body):
+    from retrievers.indexing import IndexInputError
+
     try:
         return body()
-    except CLIError as error:
+    except (CLIError, IndexInputError) as error:
         typer.echo(f"retrievers: error: {error}", err=True)
         raise typer.Exit(1) from None
 
@@ -227,70 +191,108 @@ def encode_command(
     _run(body)
 
 
+class _Progress:
+    """Encoding progress with rate and ETA: a live bar on a terminal, a line every few seconds otherwise."""
+
+    def __init__(self):
+        self.start, self.last, self.bar = time.perf_counter(), 0.0, None
+
+    def __enter__(self):
+        if console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("encoding passages"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console)
+            self.bar.__enter__()
+            self.task = self.bar.add_task("encoding", total=None, rate="")
+        return self
+
+    def __call__(self, done: int, resumed: int, total: int) -> None:
+        from retrievers.indexing import eta_text
+
+        seconds = time.perf_counter() - self.start
+        if self.bar is not None:
+            rate = f"{done / seconds:,.0f}/s" if seconds > 0 else ""
+            self.bar.update(self.task, completed=done + resumed, total=total, rate=rate)
+        elif seconds - self.last >= 5 or done + resumed == total:
+            self.last = seconds
+            note = f" ({resumed:,} from the interrupted run)" if resumed else ""
+            console.print(f"encoded {done + resumed:,}/{total:,} passages{note}: "
+                          f"{eta_text(done, total - resumed, seconds)}")
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+
 @app.command()
 def index(
     model: Annotated[str, typer.Argument(help="model folder or anything `download` accepts")],
     corpus: Annotated[Path, typer.Argument(help="jsonl or parquet corpus with id and text")],
-    index_dir: Annotated[Path, typer.Argument(help="folder to write the index into (replaced if it exists)")],
+    index_dir: Annotated[Path, typer.Argument(help="folder to write the index into (an interrupted run of the "
+                                                   "same model and corpus resumes; another index is replaced)")],
+    exact: Annotated[bool, typer.Option(help="no approximate index: search scores every document")] = False,
+    shard_size: Annotated[int, typer.Option(min=1, help="passages per encoded shard (the unit of resuming)")] = 10_000,
+    processes: Annotated[int, typer.Option(min=0, help="encoding processes (0: one per GPU, or CPU cores / 2)")] = 0,
 ):
-    """Encode a corpus and build its index: PLAID for ColBERT, Seismic for SPLADE."""
+    """Encode a corpus (streamed, resumable) and build its index: PLAID for ColBERT, Seismic for SPLADE,
+    with parameters checked against exact search; or --exact."""
 
     def body():
-        records = read_records(corpus)
-        folder = fetch(model)
-        kind, loaded = load(folder)
-        embeddings = encode(kind, loaded, [r["text"] for r in records], False, "documents")
-        if index_dir.exists():
-            shutil.rmtree(index_dir)
-        index_dir.mkdir(parents=True)
-        ids = [r["id"] for r in records]
-        if kind == "colbert":
-            from pylate import indexes
+        from retrievers import indexing
 
-            with console.status("building the PLAID index"):
-                plaid = indexes.PLAID(index_folder=str(index_dir), index_name="plaid", override=True,
-                                      show_progress=False, device="cpu")
-                plaid.add_documents(documents_ids=ids, documents_embeddings=embeddings)
+        indexing.count_rows(corpus)  # bad input fails before a model is loaded
+        folder = fetch(model).resolve()
+        kind = model_kind(folder)
+        expected = {"kind": kind, "model": str(folder), "corpus": str(corpus.resolve()), "shard_size": shard_size,
+                    "corpus_bytes": corpus.stat().st_size}
+        if indexing.resume_state(index_dir, expected):
+            console.print(f"resuming the interrupted run in {index_dir}")
         else:
-            from seismic import SeismicDataset, SeismicIndex
-
-            dataset = SeismicDataset()
-            for doc_id, (terms, weights) in zip(ids, _rows(embeddings), strict=True):
-                dataset.add_document(doc_id, terms, weights)
-            with console.status("building the Seismic inverted index"):
-                SeismicIndex.build_from_dataset(dataset).save(str(index_dir / "seismic"))
-        record = {"kind": kind, "model": str(folder.resolve()), "documents": len(ids), "corpus": str(corpus)}
-        (index_dir / INDEX_RECORD).write_text(json.dumps(record, indent=2))
-        console.print(f"indexed {len(ids)} documents with {kind} into {index_dir}")
+            if index_dir.exists():
+                shutil.rmtree(index_dir)
+            index_dir.mkdir(parents=True)
+            write_json_atomic(index_dir / indexing.PROGRESS, expected)
+        (index_dir / indexing.INDEX_RECORD).unlink(missing_ok=True)
+        devices = indexing.default_devices() if processes == 0 else ["cpu"] * processes
+        loaded = load(folder)[1] if len(devices) == 1 else None
+        start = time.perf_counter()
+        with _Progress() as progress:
+            documents, sample = indexing.encode_corpus(index_dir, folder, kind, corpus, shard_size, devices,
+                                                       progress, model=loaded)
+        encode_seconds = time.perf_counter() - start
+        record = {"kind": kind, "model": str(folder), "documents": documents, "corpus": str(corpus),
+                  "mode": "exact" if exact else "approximate", "encode_seconds": round(encode_seconds, 1),
+                  "encoding_processes": devices}
+        indexing.remove_approximate(index_dir)
+        if not exact:
+            loaded = loaded or load(folder)[1]
+            queries = indexing.encode_texts(kind, loaded, [indexing.pseudo_query(t) for t in sample], True)
+            ids = [f"calibration-{i}" for i in range(len(sample))]
+            console.print(f"choosing the {'Seismic' if kind == 'splade' else 'PLAID'} parameters "
+                          f"(top-10 recall vs exact search on {len(sample)} pseudo-queries from the corpus):")
+            start = time.perf_counter()
+            record |= indexing.build_approximate(index_dir, kind, queries, ids, documents,
+                                                 log=lambda line: console.print(line))
+            record["build_seconds"] = round(time.perf_counter() - start, 1)
+            console.print(f"chose build {json.dumps(record['build'])}, search {json.dumps(record['search'])}: "
+                          f"top-10 recall vs exact {record['calibration_recall@10']:.4f}")
+        write_json_atomic(index_dir / indexing.INDEX_RECORD, record)
+        (index_dir / indexing.PROGRESS).unlink()
+        console.print(f"indexed {documents:,} documents with {kind} ({record['mode']}) into {index_dir}")
 
     _run(body)
 
 
-def search_index(index_dir: Path, queries: list[dict], k: int) -> list[dict]:
+def search_index(index_dir: Path, queries: list[dict], k: int, exact: bool = False) -> list[dict]:
     """[{'query_id', 'query', 'results': [{'id', 'score'}]}] best first."""
-    record_file = index_dir / INDEX_RECORD
-    if not record_file.exists():
-        raise CLIError(f"{index_dir} is not an index (no {INDEX_RECORD}); build one with `retrievers index`")
-    record = json.loads(record_file.read_text())
-    kind, loaded = load(Path(record["model"]))
-    encoded = encode(kind, loaded, [q["text"] for q in queries], True, "queries")
-    if kind == "colbert":
-        from pylate import indexes, retrieve
+    from retrievers.indexing import Searcher
 
-        plaid = indexes.PLAID(index_folder=str(index_dir), index_name="plaid", override=False, show_progress=False,
-                              device="cpu")
-        hits = retrieve.ColBERT(index=plaid).retrieve(queries_embeddings=encoded, k=k)
-        results = [[{"id": str(h["id"]), "score": float(h["score"])} for h in row] for row in hits]
-    else:
-        from seismic import SeismicIndex
-
-        seismic = SeismicIndex.load(str(index_dir / "seismic.index.seismic"))
-        results = []
-        for query, (terms, weights) in zip(queries, _rows(encoded), strict=True):
-            # query_cut = every query term and heap_factor 1: no query pruning, no early stop on the summaries
-            hits = seismic.search(query["id"], terms, weights, k=k, query_cut=max(len(terms), 1), heap_factor=1.0)
-            results.append([{"id": doc_id, "score": float(score)} for _, score, doc_id in hits])
-    return [{"query_id": q["id"], "query": q["text"], "results": r} for q, r in zip(queries, results, strict=True)]
+    with console.status(f"loading the index {index_dir} and its model"):
+        searcher = Searcher(index_dir)
+    results = searcher.search(queries, k, exact)
+    return [{"query_id": q["id"], "query": q["text"], "results": [{"id": d, "score": s} for d, s in r]}
+            for q, r in zip(queries, results, strict=True)]
 
 
 @app.command()
@@ -300,6 +302,7 @@ def search(
     queries: Annotated[Path | None, typer.Option(help="jsonl or parquet file of queries with id and text")] = None,
     k: Annotated[int, typer.Option(min=1, help="results per query")] = 10,
     output: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+    exact: Annotated[bool, typer.Option(help="score every document instead of using the approximate index")] = False,
 ):
     """Search an index with query texts or a query file; print a table or JSON."""
 
@@ -309,7 +312,7 @@ def search(
         if bool(query) == bool(queries):
             raise CLIError("give query texts or --queries FILE (one of the two)")
         items = read_records(queries) if queries else [{"id": str(i), "text": t} for i, t in enumerate(query, 1)]
-        found = search_index(index_dir, items, k)
+        found = search_index(index_dir, items, k, exact)
         if output == "json":
             typer.echo(json.dumps(found, indent=2))
             return
@@ -318,6 +321,28 @@ def search(
             for rank, hit in enumerate(item["results"], 1):
                 table.add_row(item["query_id"] if rank == 1 else "", str(rank), hit["id"], f"{hit['score']:.4f}")
         Console().print(table)
+
+    _run(body)
+
+
+@app.command()
+def serve(
+    index_dir: Annotated[Path, typer.Argument(help="folder written by `retrievers index`")],
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="port to listen on")] = 8000,
+):
+    """Serve an index over HTTP: POST /search, GET /health, and a search page at /."""
+
+    def body():
+        from retrievers.indexing import Searcher
+        from retrievers.serve import create_app
+
+        searcher = Searcher(index_dir)  # a bad folder fails here, with one line, before the server starts
+        import uvicorn
+
+        console.print(f"serving {index_dir} ({searcher.kind}, {searcher.record['documents']:,} documents) on "
+                      f"http://{host}:{port}/")
+        uvicorn.run(create_app(index_dir, searcher), host=host, port=port, log_level="warning")
 
     _run(body)
 
