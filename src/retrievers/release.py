@@ -20,13 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
+import retrievers
 from retrievers import paths, tracking
 from retrievers.config import ModelConfig, Params
 from retrievers.io import atomic_dir, write_json_atomic
 
 logger = logging.getLogger(__name__)
 ALIAS = "candidate"
-RUNTIME_PACKAGES = ("torch", "transformers", "sentence-transformers", "pylate")
+RUNTIME_PACKAGES = ("torch", "transformers", "sentence-transformers", "pylate", "fast-plaid", "pyseismic-lsr",
+                    "mlflow", "pydantic", "pyyaml", "wrapt", "pandas")
 
 
 class ReleaseError(RuntimeError):
@@ -80,9 +82,12 @@ def verify_bundle(config: ModelConfig, trained: Path, bundle: Path) -> float:
 def _pyfunc_class():
     """Defined on call so that importing this module does not import mlflow."""
     import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import BAD_REQUEST
 
     class RetrieverModel(mlflow.pyfunc.PythonModel):
-        """Encode texts with a released retriever bundle (ColBERT token vectors or SPLADE sparse weights)."""
+        """Encode texts with a released retriever bundle: ColBERT token vectors (column ``embedding``) or SPLADE
+        term weights (column ``terms``), as queries unless the request's params say ``is_query: false``."""
 
         def load_context(self, context):
             bundle = Path(context.artifacts["bundle"])
@@ -93,13 +98,40 @@ def _pyfunc_class():
             self.model = load_kind(self.kind, bundle)
 
         def predict(self, context, model_input, params=None):
-            texts = list(model_input.iloc[:, 0]) if hasattr(model_input, "iloc") else list(model_input)
+            import pandas as pd
+
+            texts = list(model_input["text"]) if hasattr(model_input, "columns") else list(model_input)
+            bad = next((i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()), None)
+            if bad is not None:  # one line, no traceback: MLflow returns it as the response's message
+                raise MlflowException(f"row {bad}: 'text' must be a non-empty string", error_code=BAD_REQUEST)
+            is_query = bool((params or {}).get("is_query", True))
             if self.kind == "colbert":
-                is_query = bool((params or {}).get("is_query", True))
-                return [e.tolist() for e in self.model.encode(texts, is_query=is_query, show_progress_bar=False)]
-            return [self.model.decode(e, top_k=None) for e in self.model.encode(texts, show_progress_bar=False)]
+                encoded = self.model.encode(texts, is_query=is_query, show_progress_bar=False)
+                return pd.DataFrame({"embedding": [e.tolist() for e in encoded]})
+            method = self.model.encode_query if is_query else self.model.encode_document
+            return pd.DataFrame({"terms": [dict(self.model.decode(e, top_k=None))
+                                           for e in method(texts, show_progress_bar=False)]})
 
     return RetrieverModel
+
+
+def pyfunc_signature(kind: str):
+    """Input: a ``text`` column of strings; params: ``is_query`` (default true); output: per text, ColBERT's
+    token vectors or SPLADE's term -> weight map."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
+    from mlflow.types.schema import Array, Map
+
+    output = (ColSpec(Array(Array(DataType.float)), "embedding") if kind == "colbert"
+              else ColSpec(Map(DataType.double), "terms"))
+    return ModelSignature(inputs=Schema([ColSpec(DataType.string, "text")]), outputs=Schema([output]),
+                          params=ParamSchema([ParamSpec("is_query", DataType.boolean, True)]))
+
+
+def pyfunc_requirements() -> list[str]:
+    """What the registered model needs where it is served: this package (it travels with the model as code,
+    ``code_paths``; it is not on PyPI) and the libraries it runs on, at the versions it was released with."""
+    return [f"{name}=={metadata.version(name)}" for name in RUNTIME_PACKAGES]
 
 
 NEOBERT_CODE = "modeling_neobert.py"
@@ -160,7 +192,10 @@ def register(params: Params, model_key: str, bundle: Path) -> dict:
             name="retriever",
             python_model=_pyfunc_class()(),
             artifacts={"bundle": str(bundle)},
-            pip_requirements=[f"{name}=={metadata.version(name)}" for name in RUNTIME_PACKAGES],
+            signature=pyfunc_signature(config.kind),
+            code_paths=[str(Path(retrievers.__file__).parent)],
+            pip_requirements=pyfunc_requirements(),
+            metadata={"retrievers_version": retrievers.__version__, "kind": config.kind},
             registered_model_name=config.release.registered_model_name,
         )
         version = info.registered_model_version
