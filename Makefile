@@ -29,7 +29,7 @@ test: setup
 	$(OFFLINE) python -m pytest $(PYTEST_ARGS)
 
 lint: setup
-	ruff check src stages tests
+	ruff check src stages tests tools benchmarks
 
 typecheck: setup
 	mypy
@@ -46,16 +46,16 @@ dvc-remote: setup
 
 ## Published cards' hyperparameters next to what params.yaml gives the trainers.
 hyperparameters: setup
-	python -m retrievers.cards.compare $(if $(wildcard ../shared/reference-cards),--extract ../shared/reference-cards) \
+	python -m tools.hyperparameters $(if $(wildcard ../shared/reference-cards),--extract ../shared/reference-cards) \
 	  --write model_cards/hyperparameters.md
 
 ## Re-extract the published cards' metrics (model_cards/published/*.metrics.yaml) for the golden card test.
 published-metrics: setup
-	python -m retrievers.cards.published ../shared/reference-cards
+	python -m tools.published_cards ../shared/reference-cards
 
 ## Regenerate the committed fixture (deterministic: a test checks the bytes match).
 fixture: setup
-	python -m retrievers.data.fixture fixtures
+	python -m tools.fixture fixtures
 
 clean-smoke:
 	rm -rf $(SMOKE_DIR)

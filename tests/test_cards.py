@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from retrievers.cards import describe_architecture, eval_result_entries, front_matter, metric_tables
-from retrievers.cards.compare import PUBLISHED
-from retrievers.cards.published import extract, flat_metrics, load, parse_tables
+from retrievers.cards import describe_architecture, eval_result_entries, flat_metrics, front_matter, metric_tables
 from retrievers.config import load_params
+from tools.hyperparameters import PUBLISHED
+from tools.published_cards import extract, load, parse_tables
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CARDS = REPO.parent / "shared" / "reference-cards"

@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from retrievers.cli import app, read_records
+from retrievers.cli import app
+from retrievers.search import read_records
 
 runner = CliRunner()
 

@@ -114,13 +114,13 @@ def test_committed_hyperparameter_report_is_current():
     import sys
 
     result = subprocess.run(
-        [sys.executable, "-m", "retrievers.cards.compare", "--check", "model_cards/hyperparameters.md"],
+        [sys.executable, "-m", "tools.hyperparameters", "--check", "model_cards/hyperparameters.md"],
         cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr.strip().splitlines()[-1]
 
 
 def test_card_hyperparameters_are_parsed_from_both_card_styles():
-    from retrievers.cards.compare import card_hyperparameters
+    from tools.hyperparameters import card_hyperparameters
 
     text_style = "All Hyperparameters\n\nClick to expand\n  • learning_rate: 4e-06\n  • max_steps: 20000\n\nFramework"
     assert card_hyperparameters(text_style) == {"learning_rate": "4e-06", "max_steps": "20000"}
@@ -130,7 +130,7 @@ def test_card_hyperparameters_are_parsed_from_both_card_styles():
 
 @pytest.mark.skipif(not (REPO.parent / "shared" / "reference-cards").exists(), reason="no ../shared/reference-cards")
 def test_committed_published_hyperparameters_match_the_cards(tmp_path):
-    from retrievers.cards.compare import PUBLISHED, extract
+    from tools.hyperparameters import PUBLISHED, extract
 
     extract(REPO.parent / "shared" / "reference-cards", tmp_path)
     for model in PUBLISHED:

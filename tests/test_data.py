@@ -8,8 +8,8 @@ from pathlib import Path
 import datasets
 import pytest
 
-from retrievers.data.fixture import generate
 from retrievers.data.kd import KDDataError, kd_training_dataset, load_kd_tables, splade_triplets
+from tools.fixture import generate
 
 from .conftest import REPO
 

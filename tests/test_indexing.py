@@ -40,15 +40,17 @@ def test_exact_maxsim_equals_pylate_colbert_scores():
     document's own tokens (PyLate multiplies padding by 0, so there a negative max would read as 0)."""
     from pylate.scores import colbert_scores
 
+    from retrievers.models.colbert import maxsim_scores
+
     rng = np.random.default_rng(0)
     queries = [rng.standard_normal((4, 16)).astype(np.float32) for _ in range(3)]
     same = rng.standard_normal((5, 6, 16)).astype(np.float32)
     expected = colbert_scores(torch.from_numpy(np.stack(queries)), torch.from_numpy(same)).numpy()
-    got = indexing.maxsim_scores(queries, same.reshape(-1, 16), np.full(5, 6))
+    got = maxsim_scores(queries, same.reshape(-1, 16), np.full(5, 6))
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     documents = [rng.standard_normal((n, 16)).astype(np.float32) for n in (3, 7, 1, 0, 5)]
     naive = [[sum((q @ d.T).max(axis=1)) if len(d) else 0.0 for d in documents] for q in queries]
-    got = indexing.maxsim_scores(queries, np.concatenate(documents), np.array([len(d) for d in documents]))
+    got = maxsim_scores(queries, np.concatenate(documents), np.array([len(d) for d in documents]))
     np.testing.assert_allclose(got, naive, rtol=1e-5, atol=1e-5)
 
 

@@ -58,12 +58,11 @@ def _invoke(url: str, body: dict) -> httpx.Response:
 
 
 def test_query_and_document_requests_encode_as_the_bundle_does(served):
-    import retrievers  # noqa: F401
-    from retrievers.evaluate import load_kind
+    from retrievers import models
 
     model, url, bundle = served
     kind = json.loads((bundle / "release.json").read_text())["kind"]
-    local = load_kind(kind, bundle)
+    local = models.kind_module(kind).load(bundle)
     for is_query in (True, False):
         body = {"dataframe_split": {"columns": ["text"], "data": [[t] for t in TEXTS]},
                 "params": {"is_query": is_query}}

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 import retrievers  # noqa: F401  (registers model_type "neobert" with the Auto classes)
-from retrievers.neobert import NeoBERTBlock, NeoBERTConfig, NeoBERTLMHead, rope_rotations
+from retrievers.models.neobert import NeoBERTBlock, NeoBERTConfig, NeoBERTLMHead, rope_rotations
 
 TOKENIZER = Path(__file__).parent.parent / "fixtures" / "tokenizer"
 

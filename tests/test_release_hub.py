@@ -248,7 +248,7 @@ def test_neobert_bundle_loads_with_stock_sentence_transformers_through_the_hub(w
 
     trained = workspace.root / "models" / "neobert-splade"  # the pipeline's model, with this package's class
     model = SparseEncoder(str(trained), device="cpu")
-    assert type(model[0].auto_model).__module__ == "retrievers.neobert"
+    assert type(model[0].auto_model).__module__ == "retrievers.models.neobert"
     expected = model.encode(texts, convert_to_sparse_tensor=False, convert_to_tensor=True)
     vector_diff = float((torch.tensor(stock["vectors"]) - expected).abs().max())
     mlm = AutoModelForMaskedLM.from_pretrained(trained).eval()
@@ -261,4 +261,4 @@ def test_neobert_bundle_loads_with_stock_sentence_transformers_through_the_hub(w
 
     # With this package imported the bundle loads without remote code, through the registered native class.
     bundle = SparseEncoder(str(workspace.root / "releases" / "neobert-splade"), device="cpu")
-    assert type(bundle[0].auto_model).__module__ == "retrievers.neobert"
+    assert type(bundle[0].auto_model).__module__ == "retrievers.models.neobert"

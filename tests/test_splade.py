@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from retrievers.config import SpladePhase
-from retrievers.neobert import NeoBERTConfig, NeoBERTLMHead
+from retrievers.models.neobert import NeoBERTConfig, NeoBERTLMHead
 from retrievers.train.splade import MuonWithAdamW, splade_trainer
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"

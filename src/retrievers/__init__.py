@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 
 
 def _load_neobert(_transformers: object) -> None:
-    import retrievers.neobert  # noqa: F401  (registers itself with the Auto classes on import)
+    import retrievers.models.neobert  # noqa: F401  (registers itself with the Auto classes on import)
 
 
 # Native NeoBERT for AutoConfig/AutoModel/AutoModelForMaskedLM (model_type "neobert"), registered as soon as

@@ -13,9 +13,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-
-class ConfigError(ValueError):
-    """A params.yaml problem a user can fix; its message is one line naming the key."""
+from retrievers.errors import ConfigError
 
 
 class Strict(BaseModel):
@@ -122,7 +120,7 @@ class ModelConfig(Strict):
     title: str
     hub_repo_id: str = Field(description="where releases of this model go on the Hub")
     reference: HubRepo | None = Field(
-        default=None, description="the published checkpoint this recipe reproduces (python -m retrievers.published)"
+        default=None, description="the published checkpoint this recipe reproduces (python -m retrievers.reproduce)"
     )
     evaluation: Annotated[PyLateNanoBEIR | SparseNanoBEIR, Field(discriminator="evaluator")]
     release: ReleaseConfig
@@ -133,7 +131,7 @@ class TrainerArgs(Strict):
     """The subset of (Sentence)TrainingArguments the recipes set; everything else keeps its default.
 
     ``optim``, ``ddp_find_unused_parameters`` and ``average_tokens_across_devices`` are pinned to the values
-    in the published cards: transformers 5 changed their defaults (see ``python -m retrievers.cards.compare``)."""
+    in the published cards: transformers 5 changed their defaults (see ``python -m tools.hyperparameters``)."""
 
     per_device_train_batch_size: int
     gradient_accumulation_steps: int = 1

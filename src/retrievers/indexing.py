@@ -22,10 +22,12 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from retrievers import models
+from retrievers.errors import DataError
 
 INDEX_RECORD = "retrievers-index.json"
 SHARDS = "shards"
@@ -34,7 +36,7 @@ CALIBRATION_QUERIES = 64
 TARGET_RECALL = 0.99
 
 
-class IndexInputError(Exception):
+class IndexInputError(DataError):
     """Bad input (file, row, index folder): reported as one line by the command line."""
 
 
@@ -109,16 +111,8 @@ def count_rows(path: Path) -> int:
 # ------------------------------------------------------------------------------------------ encoding
 def encode_texts(kind: str, model, texts: list[str], is_query: bool):
     """ColBERT: a list of [tokens, dim] float32 arrays; SPLADE: a scipy CSR matrix [texts, vocabulary]."""
-    if kind == "colbert":
-        out = model.encode(texts, is_query=is_query, batch_size=ENCODE_BATCH, show_progress_bar=False)
-        return [np.asarray(e, dtype=np.float32) for e in out]
-    from scipy import sparse
-
-    method = model.encode_query if is_query else model.encode_document
-    coo = method(texts, batch_size=ENCODE_BATCH, convert_to_sparse_tensor=True, show_progress_bar=False)
-    coo = coo.coalesce().cpu()
-    rows, cols = coo.indices().numpy()
-    return sparse.csr_matrix((coo.values().float().numpy(), (rows, cols)), shape=tuple(coo.shape))
+    module = models.kind_module(kind)
+    return module.stack([module.encode_batch(model, texts, is_query, ENCODE_BATCH)])
 
 
 def _shard_path(index_dir: Path, number: int) -> Path:
@@ -127,42 +121,25 @@ def _shard_path(index_dir: Path, number: int) -> Path:
 
 def write_shard(path: Path, kind: str, ids: list[str], encoded) -> None:
     """One shard, whole or not at all."""
-    arrays: dict[str, np.ndarray] = {"ids": np.array(ids, dtype=str)}
-    if kind == "colbert":
-        arrays["tokens"] = np.concatenate(encoded) if encoded else np.zeros((0, 0), np.float32)
-        arrays["lengths"] = np.array([len(e) for e in encoded], dtype=np.int64)
-    else:
-        arrays |= {"data": encoded.data.astype(np.float32), "indices": encoded.indices.astype(np.int32),
-                   "indptr": encoded.indptr.astype(np.int64), "shape": np.array(encoded.shape, dtype=np.int64)}
+    arrays = {"ids": np.array(ids, dtype=str)} | models.kind_module(kind).shard_arrays(encoded)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
 
 
-@dataclass
-class Shard:
-    ids: np.ndarray
-    vectors: object  # CSR matrix (SPLADE) or (tokens [n, dim], lengths [docs]) (ColBERT)
-
-
-def read_shard(path: Path, kind: str) -> Shard:
+def read_shard(path: Path, kind: str) -> tuple[np.ndarray, object]:
+    """(document ids, vectors in the kind's form) of a shard."""
     with np.load(path) as arrays:
-        if kind == "colbert":
-            return Shard(arrays["ids"], (arrays["tokens"], arrays["lengths"]))
-        from scipy import sparse
-
-        matrix = sparse.csr_matrix((arrays["data"], arrays["indices"], arrays["indptr"]),
-                                   shape=tuple(arrays["shape"]))
-        return Shard(arrays["ids"], matrix)
+        return arrays["ids"], models.kind_module(kind).shard_vectors(arrays)
 
 
 def shard_paths(index_dir: Path) -> list[Path]:
     return sorted((index_dir / SHARDS).glob("[0-9]*.npz"))
 
 
-def colbert_documents(shard: Shard) -> list[np.ndarray]:
-    tokens, lengths = shard.vectors  # type: ignore[misc]
-    return np.split(tokens, np.cumsum(lengths)[:-1]) if len(lengths) else []
+def shards(index_dir: Path, kind: str) -> Iterator[tuple[np.ndarray, object]]:
+    for path in shard_paths(index_dir):
+        yield read_shard(path, kind)
 
 
 # ------------------------------------------------------------------------------------- exact search
@@ -181,40 +158,14 @@ def _merge_top(best: tuple[np.ndarray, np.ndarray] | None, scores: np.ndarray, i
     return top_scores, np.take_along_axis(ids, part, axis=1)
 
 
-def maxsim_scores(queries: list[np.ndarray], tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """ColBERT late interaction, exactly: [queries, documents], the sum over query tokens of the max over each
-    document's tokens of the dot product (0 for a document without tokens)."""
-    out = np.zeros((len(queries), len(lengths)), dtype=np.float32)
-    nonempty = lengths > 0
-    if not len(queries) or not nonempty.any():
-        return out
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)[nonempty]
-    longest = max(len(q) for q in queries)
-    per_product = max(1, (1 << 24) // max(len(tokens) * longest, 1))  # ~64 MiB of similarities at a time
-    for first in range(0, len(queries), per_product):
-        chunk = queries[first : first + per_product]
-        best = np.maximum.reduceat(tokens @ np.concatenate(chunk).T, starts, axis=0)  # [documents, query tokens]
-        column = 0
-        for i, query in enumerate(chunk):
-            out[first + i, nonempty] = best[:, column : column + len(query)].sum(axis=1)
-            column += len(query)
-    return out
-
-
 def exact_search(index_dir: Path, kind: str, encoded_queries, k: int) -> list[list[tuple[str, float]]]:
-    """Top-k by exhaustive scoring of every shard."""
-    n_queries = encoded_queries.shape[0] if kind == "splade" else len(encoded_queries)
+    """Top-k by exhaustive scoring of every shard, one shard in memory at a time."""
+    module = models.kind_module(kind)
     best = None
-    for path in shard_paths(index_dir):
-        shard = read_shard(path, kind)
-        if kind == "splade":
-            scores = (encoded_queries @ shard.vectors.T).toarray().astype(np.float32)  # type: ignore[attr-defined]
-        else:
-            tokens, lengths = shard.vectors  # type: ignore[misc]
-            scores = maxsim_scores(encoded_queries, tokens, lengths)
-        best = _merge_top(best, scores, shard.ids, k)
+    for ids, vectors in shards(index_dir, kind):
+        best = _merge_top(best, module.exact_scores(encoded_queries, vectors), ids, k)
     if best is None:
-        return [[] for _ in range(n_queries)]
+        return [[] for _ in range(module.count(encoded_queries))]
     results = []
     for scores, ids in zip(*best, strict=True):
         order = np.lexsort((ids, -scores))  # best first; ties by id, so runs agree
@@ -223,98 +174,6 @@ def exact_search(index_dir: Path, kind: str, encoded_queries, k: int) -> list[li
 
 
 # ------------------------------------------------------------------------------ approximate indexes
-def _seismic_terms(matrix):
-    from seismic import get_seismic_string
-
-    text = get_seismic_string()
-    for i in range(matrix.shape[0]):
-        row = matrix.getrow(i)
-        yield row.indices.astype(str).astype(text), row.data.astype(np.float32)
-
-
-def build_seismic(index_dir: Path, build: dict) -> None:
-    from seismic import SeismicDataset, SeismicIndex
-
-    dataset = SeismicDataset()
-    for path in shard_paths(index_dir):
-        shard = read_shard(path, "splade")
-        for doc_id, (terms, weights) in zip(shard.ids, _seismic_terms(shard.vectors), strict=True):
-            dataset.add_document(str(doc_id), terms, weights)
-    SeismicIndex.build_from_dataset(dataset, **build).save(str(index_dir / "seismic"))
-
-
-def load_seismic(index_dir: Path):
-    from seismic import SeismicIndex
-
-    return SeismicIndex.load(str(index_dir / "seismic.index.seismic"))
-
-
-def search_seismic(index, encoded, query_ids: list[str], k: int, search: dict) -> list[list[tuple[str, float]]]:
-    results = []
-    for query_id, (terms, weights) in zip(query_ids, _seismic_terms(encoded), strict=True):
-        cut = max(len(terms), 1) if search["query_cut"] == "all" else int(search["query_cut"])
-        hits = index.search(str(query_id), terms, weights, k=k, query_cut=cut, heap_factor=float(search["heap_factor"]))
-        results.append([(doc_id, float(score)) for _, score, doc_id in hits])
-    return results
-
-
-PLAID_ADD_TOKENS = 1 << 22  # token vectors per add_documents call: bounds the memory of a build
-
-
-def _plaid(index_dir: Path, build: dict, search: dict, override: bool):
-    from pylate import indexes
-
-    return indexes.PLAID(index_folder=str(index_dir), index_name="plaid", override=override, show_progress=False,
-                         device="cpu", use_triton=False, **build, **search)
-
-
-def build_plaid(index_dir: Path, build: dict, search: dict) -> None:
-    plaid = _plaid(index_dir, build, search, override=True)
-    ids: list[str] = []
-    documents: list[np.ndarray] = []
-    for path in shard_paths(index_dir):
-        shard = read_shard(path, "colbert")
-        ids += [str(i) for i in shard.ids]
-        documents += colbert_documents(shard)
-        if sum(len(d) for d in documents) >= PLAID_ADD_TOKENS:
-            plaid.add_documents(documents_ids=ids, documents_embeddings=documents)
-            ids, documents = [], []
-    if ids:
-        plaid.add_documents(documents_ids=ids, documents_embeddings=documents)
-
-
-def load_plaid(index_dir: Path, build: dict, search: dict):
-    from pylate import retrieve
-
-    return retrieve.ColBERT(index=_plaid(index_dir, build, search, override=False))
-
-
-def search_plaid(retriever, encoded, k: int) -> list[list[tuple[str, float]]]:
-    hits = retriever.retrieve(queries_embeddings=encoded, k=k)
-    return [[(str(h["id"]), float(h["score"])) for h in row] for row in hits]
-
-
-def candidate_settings(kind: str, documents: int) -> list[tuple[dict, dict]]:
-    """(build, search) parameter settings, cheapest first, for a corpus of ``documents``.
-
-    Seismic's defaults (n_postings 3500, summary_energy 0.4, centroid_fraction 0.1, query_cut 10, heap_factor
-    0.7) are tuned for MS MARCO's 8.8M passages of real SPLADE vectors. Here the posting lists keep at least a
-    tenth of the corpus, every query term is used, and the later settings keep whole posting lists and exact
-    block summaries. PLAID: 8-bit residuals (PyLate's default 4 bits alone cost ~8 points of top-10 recall on the
-    fixture), more probed centroids than PyLate's 8, more rescored candidates as the corpus grows."""
-    if kind == "splade":
-        pruned = {"n_postings": max(3500, documents // 10), "centroid_fraction": 0.1, "summary_energy": 0.4,
-                  "max_fraction": 1.5}
-        whole = {"n_postings": max(3500, documents), "centroid_fraction": 0.5, "summary_energy": 1.0,
-                 "max_fraction": 1.5}
-        return [(pruned, {"query_cut": "all", "heap_factor": 0.8}), (pruned, {"query_cut": "all", "heap_factor": 0.6}),
-                (whole, {"query_cut": "all", "heap_factor": 1.0}), (whole, {"query_cut": "all", "heap_factor": 0.8})]
-    build = {"nbits": 8, "kmeans_niters": 4}
-    full_scores = max(8192, documents // 10)
-    return [(build, {"n_ivf_probe": probes, "n_full_scores": full_scores}) for probes in (32, 64)] + [
-        (build, {"n_ivf_probe": 256, "n_full_scores": max(full_scores, documents)})]
-
-
 def recall_at(approx: list[list[tuple[str, float]]], exact: list[list[tuple[str, float]]], k: int) -> float:
     """Mean share of exact search's top-k that the approximate top-k found."""
     shares = [len({d for d, _ in a[:k]} & {d for d, _ in e[:k]}) / max(len(e[:k]), 1)
@@ -326,17 +185,17 @@ def build_approximate(index_dir: Path, kind: str, calibration, query_ids: list[s
                       target: float = TARGET_RECALL, log: Callable[[str], None] = print) -> dict:
     """Build with the cheapest setting whose top-10 recall against exact search on the calibration queries
     reaches ``target``; the record of what was chosen and measured."""
+    module = models.kind_module(kind)
     exact = exact_search(index_dir, kind, calibration, 10)
     built: dict | None = None
     tried = []
-    for build, search in candidate_settings(kind, documents):
+    for build, search in module.candidate_settings(documents):
         start = time.perf_counter()
         if build != built:
-            (build_seismic(index_dir, build) if kind == "splade" else build_plaid(index_dir, build, search))
+            module.build_index(index_dir, shards(index_dir, kind), build, search)
             built = build
         build_seconds = time.perf_counter() - start
-        approx = (search_seismic(load_seismic(index_dir), calibration, query_ids, 10, search) if kind == "splade"
-                  else search_plaid(load_plaid(index_dir, build, search), calibration, 10))
+        approx = module.search_index(module.load_index(index_dir, build, search), calibration, query_ids, 10, search)
         recall = recall_at(approx, exact, 10)
         tried.append({"build": build, "search": search, "recall@10": round(recall, 4),
                       "build_seconds": round(build_seconds, 2)})
@@ -347,16 +206,21 @@ def build_approximate(index_dir: Path, kind: str, calibration, query_ids: list[s
             "calibration_queries": len(query_ids), "target_recall@10": target, "tried": tried}
 
 
-def remove_approximate(index_dir: Path) -> None:
-    for path in [index_dir / "plaid", *index_dir.glob("seismic*")]:
+def remove_approximate(index_dir: Path, kind: str) -> None:
+    for path in models.kind_module(kind).index_files(index_dir):
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
 
 
-def pseudo_query(text: str, words: int = 8) -> str:
-    return " ".join(text.split()[:words])
+def pseudo_query(text: str, words: int = 4) -> str:
+    """A short query made of ``words`` words of a document (a fixed choice per text), for calibration."""
+    import random
+    import zlib
+
+    tokens = text.split()
+    return " ".join(random.Random(zlib.crc32(text.encode())).sample(tokens, min(words, len(tokens))))
 
 
 def eta_text(done: int, total: int, seconds: float) -> str:
@@ -382,9 +246,9 @@ def _encode_worker(folder: str, kind: str, device: str, threads: int, index_dir:
     import torch
 
     torch.set_num_threads(threads)
-    from retrievers.evaluate import load_kind
-
-    model = load_kind(kind, folder) if device == "cpu" else load_kind(kind, folder).to(device)
+    model = models.kind_module(kind).load(folder)
+    if device != "cpu":
+        model = model.to(device)
     while (task := tasks.get()) is not None:
         number, ids, texts = task
         write_shard(_shard_path(Path(index_dir), number), kind, ids, encode_texts(kind, model, texts, False))
@@ -494,11 +358,9 @@ class Searcher:
         if not record_file.exists():
             raise IndexInputError(f"{index_dir} is not an index (no {INDEX_RECORD}); build one with "
                                   "`retrievers index`")
-        from retrievers.evaluate import load_kind
-
         self.index_dir, self.record = index_dir, json.loads(record_file.read_text())
         self.kind = self.record["kind"]
-        self.model = model if model is not None else load_kind(self.kind, self.record["model"])
+        self.model = model if model is not None else models.kind_module(self.kind).load(self.record["model"])
         self.exact_only = self.record.get("mode") == "exact"
         self._index = None
 
@@ -507,9 +369,7 @@ class Searcher:
         encoded = encode_texts(self.kind, self.model, [q["text"] for q in queries], True)
         if exact or self.exact_only:
             return exact_search(self.index_dir, self.kind, encoded, k)
+        module = models.kind_module(self.kind)
         if self._index is None:
-            self._index = (load_plaid(self.index_dir, self.record["build"], self.record["search"])
-                           if self.kind == "colbert" else load_seismic(self.index_dir))
-        if self.kind == "colbert":
-            return search_plaid(self._index, encoded, k)
-        return search_seismic(self._index, encoded, [q["id"] for q in queries], k, self.record["search"])
+            self._index = module.load_index(self.index_dir, self.record["build"], self.record["search"])
+        return module.search_index(self._index, encoded, [str(q["id"]) for q in queries], k, self.record["search"])

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import yaml
 
-from retrievers import paths, tracking
-from retrievers.config import ConfigError, Params, SpladePhase, flatten, load_params
+from retrievers import models, paths, tracking
+from retrievers.config import ConfigError, Params, flatten, load_params
 from retrievers.io import write_json_atomic, write_text_atomic
 
 logger = logging.getLogger("retrievers")
@@ -90,46 +90,22 @@ def _hub_repo_id(params: Params, folder: str) -> str | None:
     return hub.repo_id if hub else None
 
 
-def _loss(phase) -> tuple[str, dict]:
-    """The phase's loss and its parameters, as train/ builds it (the card's 'Loss ... with these parameters')."""
-    if isinstance(phase, SpladePhase):
-        return "sentence_transformers.sparse_encoder.losses.SpladeLoss", {
-            "loss": "SparseMultipleNegativesRankingLoss(scale=1.0, similarity_fct='dot_score')",
-            "document_regularizer_weight": phase.document_regularizer_weight,
-            "query_regularizer_weight": phase.query_regularizer_weight,
-            "regularizer_warmup_ratio": phase.regularizer_warmup_ratio,
-        }
-    common = {"temperature": phase.temperature, "learnable_temperature": phase.learnable_temperature}
-    if phase.recipe == "xtr-contrastive":
-        return "retrievers.losses.LearnableTemperatureContrastive (pylate.losses.Contrastive)", {
-            "score_metric": f"pylate.scores.XTRScores(k={phase.k_train})",
-            **common,
-            "gather_across_devices": phase.gather_across_devices,
-        }
-    return "retrievers.losses.LearnableTemperatureDistillation (pylate.losses.Distillation)", {
-        "score_metric": f"pylate.scores.XTRKDScores(k={phase.k_train})",
-        **common,
-        "n_ways": phase.n_ways,
-        "teacher_scores": phase.teacher_scores,
-    }
-
-
 def _indented_json(data) -> str:
     return json.dumps(data, indent=2).replace("\n", "\n  ")
 
 
 def _phase_card_entry(params: Params, key: str, phase) -> dict:
-    from retrievers.cards.compare import card_hyperparameters_of
+    from retrievers.cards.arguments import card_hyperparameters_of
 
     non_default, everything = card_hyperparameters_of(params, key)
-    loss_name, loss_parameters = _loss(phase)
+    loss_name, loss_parameters = models.for_phase(phase).loss_description(phase)
     size = _dataset_size(params, phase)
     return {
         "key": key,
         "recipe": phase.recipe,
         "init": phase.init,
         "dataset": _source_description(params, phase.data),
-        "size": _size_text(phase, size),
+        "size": "the whole dataset" if size is None else models.for_phase(phase).size_text(phase, size),
         "loss_name": loss_name,
         "loss_parameters": _indented_json(loss_parameters),
         "recipe_settings": {k: v for k, v in flatten(phase).items()
@@ -137,15 +113,6 @@ def _phase_card_entry(params: Params, key: str, phase) -> dict:
         "non_default": non_default,
         "all": everything,
     }
-
-
-def _size_text(phase, size: int | None) -> str:
-    if size is None:
-        return "the whole dataset"
-    if isinstance(phase, SpladePhase):
-        return f"{size:,} training samples"
-    args = phase.args
-    return f"{size:,} training samples ({args.max_steps:,} steps x batch {args.per_device_train_batch_size})"
 
 
 def _evaluation_datasets(params: Params, model_key: str, metrics: dict) -> dict[str, tuple[str, str | None]]:
@@ -161,18 +128,13 @@ def _evaluation_datasets(params: Params, model_key: str, metrics: dict) -> dict[
     return dict.fromkeys(sets, describe(source.hub or source.local))
 
 
-PER_SET_EVALUATOR = {
-    "pylate-nanobeir": "pylate.evaluation.pylate_information_retrieval_evaluator.PyLateInformationRetrievalEvaluator",
-    "sparse-nanobeir": "sentence_transformers.sparse_encoder.evaluation.SparseInformationRetrievalEvaluator",
-}
-
-
 def card(params: Params, model_key: str) -> None:
     """Render the card from files alone (no model load, no MLflow: release logs the card to the run), and the
     Hub's ``.eval_results`` entries beside it."""
     from retrievers.cards import describe_architecture, eval_result_entries, render_card
 
     model = _model(params, model_key)
+    kind = models.for_model(model)
     chain = params.phase_chain(model_key)
     phases = [params.phases[k] for k in chain]
     first, final = phases[0], phases[-1]
@@ -190,9 +152,9 @@ def card(params: Params, model_key: str) -> None:
         "base_model_id": _source_description(params, first.init),
         "training_data": sorted({_source_description(params, p.data) for p in phases}),
         "architecture": describe_architecture(model_dir, model.kind),
-        "embedding_size": _vocab_size(model_dir) if isinstance(final, SpladePhase) else final.colbert.embedding_size,
-        "evaluator_name": type_name(model.evaluation.evaluator),
-        "per_set_evaluator": PER_SET_EVALUATOR[model.evaluation.evaluator],
+        "embedding_size": kind.embedding_size(final, model_dir),
+        "evaluator_name": kind.EVALUATOR_NAME,
+        "per_set_evaluator": kind.PER_SET_EVALUATOR,
         "evaluator_config": _indented_json({"dataset_names": model.evaluation.datasets}),
         "phases": [_phase_card_entry(params, k, p) for k, p in zip(chain, phases, strict=True)],
         "versions": {"python": sys.version.split()[0]} | {name: metadata.version(name) for name in CARD_VERSIONS},
@@ -210,21 +172,8 @@ def card(params: Params, model_key: str) -> None:
     write_text_atomic(paths.card_file(model_key), text)
 
 
-def _vocab_size(model_dir: Path) -> int:
-    return json.loads((model_dir / "config.json").read_text())["vocab_size"]
-
-
 def _dataset_size(params: Params, phase) -> int | None:
-    if isinstance(phase, SpladePhase):
-        return phase.max_train_samples
-    return phase.args.max_steps * phase.args.per_device_train_batch_size if phase.args.max_steps > 0 else None
-
-
-def type_name(evaluator: str) -> str:
-    return {
-        "pylate-nanobeir": "pylate.evaluation.NanoBEIREvaluator",
-        "sparse-nanobeir": "sentence_transformers.sparse_encoder.evaluation.SparseNanoBEIREvaluator",
-    }[evaluator]
+    return models.for_phase(phase).dataset_size(phase)
 
 
 def release(params: Params, model_key: str) -> None:
@@ -247,9 +196,7 @@ def stage_main(run: Callable[[Params, str], None], argv: list[str] | None = None
     whose Hub push (off unless models.<model>.release.hub.push) needs huggingface_hub online."""
     if run not in (download, release):
         os.environ.update(OFFLINE_ENV)
-    from retrievers.data.download import DownloadError
-    from retrievers.data.kd import KDDataError
-    from retrievers.release import ReleaseError
+    from retrievers.errors import DownloadError, KDDataError, ReleaseError
 
     argv = sys.argv[1:] if argv is None else argv
     name = Path(sys.argv[0]).stem

@@ -21,18 +21,15 @@ from pathlib import Path
 import numpy as np
 
 import retrievers
-from retrievers import paths, tracking
+from retrievers import models, paths, tracking
 from retrievers.config import ModelConfig, Params
+from retrievers.errors import ReleaseError
 from retrievers.io import atomic_dir, write_json_atomic
 
 logger = logging.getLogger(__name__)
 ALIAS = "candidate"
 RUNTIME_PACKAGES = ("torch", "transformers", "sentence-transformers", "pylate", "fast-plaid", "pyseismic-lsr",
                     "mlflow", "pydantic", "pyyaml", "wrapt", "pandas")
-
-
-class ReleaseError(RuntimeError):
-    """A release refused, with one line saying why and what to do."""
 
 
 def check_gate(model_key: str, config: ModelConfig, metrics_path: Path) -> float:
@@ -53,24 +50,15 @@ def check_gate(model_key: str, config: ModelConfig, metrics_path: Path) -> float
     return value
 
 
-def encode_probe(model, kind: str, texts: list[str]) -> list[np.ndarray]:
-    """Deterministic encodings used to compare two copies of a model."""
-    if kind == "colbert":
-        outputs = model.encode(texts, is_query=True, show_progress_bar=False)
-        outputs += model.encode(texts, is_query=False, show_progress_bar=False)
-        return [np.asarray(o, dtype=np.float32) for o in outputs]
-    dense = model.encode(texts, convert_to_sparse_tensor=False, show_progress_bar=False)
-    return [np.asarray(row.cpu() if hasattr(row, "cpu") else row, dtype=np.float32) for row in dense]
-
-
 def verify_bundle(config: ModelConfig, trained: Path, bundle: Path) -> float:
     """Max absolute difference between the bundle's and the trained model's probe encodings (must be ~0)."""
     from retrievers.evaluate import load_model
 
     probe = config.release.probe_texts
     # Absolute paths: a relative one ("models/x") reads as a Hub repo id when the Hub is online (push on).
-    expected = encode_probe(load_model(config, trained.resolve()), config.kind, probe)
-    got = encode_probe(load_model(config, bundle.resolve()), config.kind, probe)
+    kind = models.for_model(config)
+    expected = kind.encode_probe(load_model(config, trained.resolve()), probe)
+    got = kind.encode_probe(load_model(config, bundle.resolve()), probe)
     worst = max(
         float(np.max(np.abs(a - b))) if a.shape == b.shape else float("inf") for a, b in zip(expected, got, strict=True)
     )
@@ -92,10 +80,8 @@ def _pyfunc_class():
         def load_context(self, context):
             bundle = Path(context.artifacts["bundle"])
             release = json.loads((bundle / "release.json").read_text())
-            self.kind = release["kind"]
-            from retrievers.evaluate import load_kind
-
-            self.model = load_kind(self.kind, bundle)
+            self.kind = models.kind_module(release["kind"])
+            self.model = self.kind.load(bundle)
 
         def predict(self, context, model_input, params=None):
             import pandas as pd
@@ -104,33 +90,25 @@ def _pyfunc_class():
             bad = next((i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()), None)
             if bad is not None:  # one line, no traceback: MLflow returns it as the response's message
                 raise MlflowException(f"row {bad}: 'text' must be a non-empty string", error_code=BAD_REQUEST)
-            is_query = bool((params or {}).get("is_query", True))
-            if self.kind == "colbert":
-                encoded = self.model.encode(texts, is_query=is_query, show_progress_bar=False)
-                return pd.DataFrame({"embedding": [e.tolist() for e in encoded]})
-            method = self.model.encode_query if is_query else self.model.encode_document
-            return pd.DataFrame({"terms": [dict(self.model.decode(e, top_k=None))
-                                           for e in method(texts, show_progress_bar=False)]})
+            return pd.DataFrame({self.kind.PYFUNC_OUTPUT: self.kind.predict(self.model, texts, params)})
 
     return RetrieverModel
 
 
 def pyfunc_signature(kind: str):
-    """Input: a ``text`` column of strings; params: ``is_query`` (default true); output: per text, ColBERT's
-    token vectors or SPLADE's term -> weight map."""
+    """Input: a ``text`` column of strings; params: ``is_query`` (default true); output: per text, the kind's
+    column (ColBERT's token vectors, SPLADE's term -> weight map)."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
-    from mlflow.types.schema import Array, Map
 
-    output = (ColSpec(Array(Array(DataType.float)), "embedding") if kind == "colbert"
-              else ColSpec(Map(DataType.double), "terms"))
-    return ModelSignature(inputs=Schema([ColSpec(DataType.string, "text")]), outputs=Schema([output]),
+    return ModelSignature(inputs=Schema([ColSpec(DataType.string, "text")]),
+                          outputs=Schema([models.kind_module(kind).pyfunc_output_spec()]),
                           params=ParamSchema([ParamSpec("is_query", DataType.boolean, True)]))
 
 
 def pyfunc_requirements() -> list[str]:
-    """What the registered model needs where it is served: this package (it travels with the model as code,
-    ``code_paths``; it is not on PyPI) and the libraries it runs on, at the versions it was released with."""
+    """What the registered model needs where it is served: this package travels with the model as code
+    (``code_paths``; it is not on PyPI), and the libraries it runs on are pinned at their released versions."""
     return [f"{name}=={metadata.version(name)}" for name in RUNTIME_PACKAGES]
 
 
@@ -146,7 +124,7 @@ def add_neobert_code(folder: Path) -> bool:
     config = json.loads(config_file.read_text()) if config_file.exists() else {}
     if config.get("model_type") != "neobert":
         return False
-    from retrievers import neobert  # plain Python source; importing it also imports transformers
+    from retrievers.models import neobert  # plain Python source; importing it also imports transformers
 
     shutil.copyfile(neobert.__file__, folder / NEOBERT_CODE)
     module = Path(NEOBERT_CODE).stem

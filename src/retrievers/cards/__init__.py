@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from retrievers import models
 from retrievers.config import ModelConfig
 
 TEMPLATES = Path("model_cards/templates")
@@ -31,39 +32,9 @@ class CardStyle:
     metric_order: tuple[str, ...] = field(default=())
 
 
-STYLES = {
-    "colbert": CardStyle(
-        per_set_task=("py-late-information-retrieval", "Py Late Information Retrieval"),
-        mean_task=("nano-beir", "Nano BEIR"),
-        library_name="PyLate",
-        pipeline_tag="sentence-similarity",
-        tags=(
-            "ColBERT",
-            "PyLate",
-            "sentence-transformers",
-            "sentence-similarity",
-            "feature-extraction",
-            "generated_from_trainer",
-            "loss:Distillation",
-        ),
-    ),
-    "splade": CardStyle(
-        per_set_task=("sparse-information-retrieval", "Sparse Information Retrieval"),
-        mean_task=("sparse-nano-beir", "Sparse Nano BEIR"),
-        library_name="sentence-transformers",
-        pipeline_tag="feature-extraction",
-        tags=(
-            "sentence-transformers",
-            "sparse-encoder",
-            "sparse",
-            "splade",
-            "generated_from_trainer",
-            "loss:SpladeLoss",
-            "loss:SparseMultipleNegativesRankingLoss",
-            "loss:FlopsLoss",
-        ),
-    ),
-}
+def card_style(kind: str) -> CardStyle:
+    """The front-matter style of a kind's published card (``CARD_STYLE`` of its module in retrievers.models)."""
+    return CardStyle(**models.kind_module(kind).CARD_STYLE)
 
 
 def metric_display_name(metric_type: str) -> str:
@@ -136,10 +107,20 @@ def split_metrics(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
     return table
 
 
+def flat_metrics(results: list[dict]) -> dict[str, float]:
+    """The evaluator's flat keys ('NanoSciFact_dot_ndcg@10', 'NanoBEIR_mean_dot_ndcg@10') of model-index results,
+    as floats, as the evaluators return them (the Hub page's YAML shows 1.0 as 1)."""
+    return {
+        f"{result['dataset']['type']}_{metric['type']}": float(metric["value"])
+        for result in results
+        for metric in result["metrics"]
+    }
+
+
 def eval_results(kind: str, metrics: dict[str, float]):
     from huggingface_hub import EvalResult
 
-    style, results = STYLES[kind], []
+    style, results = card_style(kind), []
     for dataset, values in split_metrics(metrics).items():
         task_type, task_name = style.mean_task if dataset == MEAN else style.per_set_task
         name = "NanoBEIR mean" if dataset == MEAN else dataset
@@ -163,7 +144,7 @@ def front_matter(
 ) -> dict[str, Any]:
     from huggingface_hub import ModelCardData
 
-    style = STYLES[model.kind]
+    style = card_style(model.kind)
     tags = list(style.tags) + ([f"dataset_size:{dataset_size}"] if dataset_size else [])
     per_set = split_metrics(metrics)
     metric_types = list(next(iter(per_set.values())).keys()) if per_set else []
@@ -187,7 +168,7 @@ def describe_architecture(model_dir: Path, kind: str) -> str:
     import json
 
     modules = json.loads((model_dir / "modules.json").read_text())
-    lines = [f"{'ColBERT' if kind == 'colbert' else 'SparseEncoder'}("]
+    lines = [f"{models.kind_module(kind).ARCHITECTURE_NAME}("]
     for module in modules:
         folder = model_dir / module["path"]
         name = module["type"].rsplit(".", 1)[-1]
@@ -224,6 +205,6 @@ def render_card(
     matter = front_matter(model, metrics, base_model, datasets, dataset_size)
     sets = [name for name in split_metrics(metrics) if name != MEAN]
     body = env.get_template(f"{model.kind}.md.j2").render(
-        key=model_key, model=model, sets=sets, tables=metric_tables(metrics), style=STYLES[model.kind], **context
+        key=model_key, model=model, sets=sets, tables=metric_tables(metrics), style=card_style(model.kind), **context
     )
     return "---\n" + yaml.safe_dump(matter, sort_keys=False, allow_unicode=True) + "---\n\n" + body

@@ -1,65 +1,22 @@
 """download@<key>: fetch a source into data/<key> at its pinned revision, atomically.
 
-Hub sources go through ``huggingface_hub.snapshot_download``; local folders (the bundled fixture, laid out
-as the Hub serves them) are copied. Either way ``data/<key>/SOURCE.json`` records what was fetched.
+Hub sources go through ``retrievers.hub.hub_snapshot`` (``huggingface_hub.snapshot_download``); local
+folders (the bundled fixture, laid out as the Hub serves them) are copied.
+Either way ``data/<key>/SOURCE.json`` records what was fetched.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
 from retrievers import paths
 from retrievers.config import HubRepo, LocalFolder, Source
+from retrievers.errors import DownloadError
+from retrievers.hub import hub_snapshot
 from retrievers.io import atomic_dir
-
-
-class DownloadError(RuntimeError):
-    """One line: which repository failed and what to do."""
-
-
-def hub_snapshot(repo: HubRepo, local_dir: Path | None = None) -> tuple[Path, str]:
-    """Fetch ``repo`` at its revision (into ``local_dir``, or the Hub cache) -> (folder, resolved commit sha).
-
-    Failures end in one :class:`DownloadError` line naming the repository and what to do."""
-    import httpx
-    from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import (
-        HfHubHTTPError,
-        HFValidationError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-    )
-
-    hint = (
-        "no Hub access here: run the offline smoke profile instead (`make smoke`), or allow network "
-        "access and unset HF_HUB_OFFLINE"
-    )
-    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
-    try:
-        # Resolve a branch to its commit first, so what was fetched is recorded exactly.
-        sha = HfApi().repo_info(repo.repo_id, revision=repo.revision, repo_type=repo.repo_type).sha or repo.revision
-        path = snapshot_download(
-            repo.repo_id, revision=sha, repo_type=repo.repo_type, local_dir=local_dir,
-            allow_patterns=repo.allow_patterns,
-        )
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled, OSError, httpx.TransportError) as error:
-        kind = type(error).__name__
-        raise DownloadError(
-            f"download of {repo.repo_type} {repo.repo_id}@{repo.revision} failed ({kind}); {hint}"
-        ) from None
-    except HfHubHTTPError as error:
-        status = error.response.status_code if error.response is not None else "?"
-        raise DownloadError(
-            f"download of {repo.repo_type} {repo.repo_id}@{repo.revision}: the Hub answered {status} "
-            "(check the repo id and revision in params.yaml; gated repos need HF_TOKEN)"
-        ) from None
-    except HFValidationError as error:
-        raise DownloadError(f"download of {repo.repo_id}@{repo.revision}: {error}") from None
-    return Path(path), sha
 
 
 def _fetch_hub(repo: HubRepo, target: Path) -> dict:

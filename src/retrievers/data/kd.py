@@ -16,9 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-
-class KDDataError(ValueError):
-    """A malformed KD dataset; the message names the config, column or row."""
+from retrievers.errors import KDDataError
 
 
 @dataclass

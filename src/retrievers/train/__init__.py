@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from retrievers import paths, tracking
-from retrievers.config import Params, SpladePhase, XTRContrastivePhase, XTRDistillationPhase
+from retrievers import models, paths, tracking
+from retrievers.config import Params
 from retrievers.io import atomic_dir
 from retrievers.train.common import (
     average_loss_gradients,
@@ -19,36 +19,17 @@ from retrievers.train.common import (
     prepare_torchrun_rank,
     restore_loss_state,
     set_seed,
-    trainer_arguments,
 )
 
 logger = logging.getLogger(__name__)
 
 
 def _build(phase, params: Params, phase_key: str):
-    from sentence_transformers import SentenceTransformerTrainingArguments
-    from sentence_transformers.sparse_encoder import SparseEncoderTrainingArguments
-
     init, data, output = Path(phase.init), Path(phase.data), paths.checkpoint_dir(phase_key)
     for folder in (init, data):
         if not folder.exists():
             raise FileNotFoundError(f"{folder} does not exist; run `dvc repro` so its stage produces it first")
-    if isinstance(phase, XTRContrastivePhase):
-        from retrievers.train.xtr import contrastive_trainer
-
-        args = trainer_arguments(SentenceTransformerTrainingArguments, phase.args, output, params.seed)
-        return contrastive_trainer(phase, init, data, args)
-    if isinstance(phase, XTRDistillationPhase):
-        from retrievers.train.xtr import distillation_trainer
-
-        args = trainer_arguments(SentenceTransformerTrainingArguments, phase.args, output, params.seed)
-        return distillation_trainer(phase, init, data, args)
-    if isinstance(phase, SpladePhase):
-        from retrievers.train.splade import splade_trainer
-
-        args = trainer_arguments(SparseEncoderTrainingArguments, phase.args, output, params.seed)
-        return splade_trainer(phase, init, data, args, params.seed)
-    raise TypeError(f"no trainer for recipe {type(phase).__name__}")
+    return models.for_phase(phase).trainer(phase, init, data, output, params.seed)
 
 
 def run_phase(params: Params, phase_key: str) -> Path | None:

@@ -12,23 +12,8 @@ from pathlib import Path
 
 import torch
 
-from retrievers.config import SpladeConfig, SpladePhase
-
-
-def build_splade(init: Path, splade: SpladeConfig):
-    """MLMTransformer + SpladePooling over a masked-language model (or reload a saved SparseEncoder)."""
-    from sentence_transformers import SparseEncoder
-    from sentence_transformers.sparse_encoder.models import MLMTransformer, SpladePooling
-
-    if (init / "modules.json").exists():
-        return SparseEncoder(str(init))
-    mlm = MLMTransformer(str(init), max_seq_length=splade.max_seq_length)
-    pooling = SpladePooling(
-        pooling_strategy=splade.pooling_strategy,
-        activation_function=splade.activation_function,
-        word_embedding_dimension=mlm.get_sentence_embedding_dimension(),
-    )
-    return SparseEncoder(modules=[mlm, pooling])
+from retrievers.config import SpladePhase
+from retrievers.models.splade import build_splade
 
 
 def build_optimizer(model, phase: SpladePhase):

@@ -4,25 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from retrievers.config import ColBERTConfig, XTRContrastivePhase, XTRDistillationPhase
-
-
-def build_colbert(init: Path, colbert: ColBERTConfig, device: str | None = None):
-    """A PyLate ColBERT from a base encoder (adds the Dense head) or from a ColBERT checkpoint (keeps it).
-
-    Prefixes are passed explicitly: PyLate treats ``None`` as its "[Q] "/"[D] " defaults."""
-    from pylate import models
-
-    return models.ColBERT(
-        model_name_or_path=str(init),
-        embedding_size=colbert.embedding_size,
-        query_length=colbert.query_length,
-        document_length=colbert.document_length,
-        query_prefix=colbert.query_prefix,
-        document_prefix=colbert.document_prefix,
-        attend_to_expansion_tokens=colbert.attend_to_expansion_tokens,
-        device=device,
-    )
+from retrievers.config import XTRContrastivePhase, XTRDistillationPhase
+from retrievers.models.colbert import build_colbert
 
 
 def contrastive_trainer(phase: XTRContrastivePhase, init: Path, data: Path, args):

@@ -4,7 +4,7 @@ The copies in ../shared/reference-cards lost their indentation (the front matter
 for the XTR card, their Markdown (a page's text). The extracts keep what the golden test compares: the
 architecture block, every ``model-index`` result (task, dataset, metrics with type, value and name) and the
 evaluation tables as cells.
-``python -m retrievers.cards.published ../shared/reference-cards`` (``make published-metrics``) regenerates them.
+``python -m tools.published_cards ../shared/reference-cards`` (``make published-metrics``) regenerates them.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from retrievers.cards.compare import PUBLISHED, PUBLISHED_DIR
+from tools.hyperparameters import PUBLISHED, PUBLISHED_DIR
 
 KEY_VALUE = re.compile(r"^\s*(?:-\s+)?([A-Za-z_-]+):\s*(.*?)\s*$")
 
@@ -105,16 +105,6 @@ def extract(cards_dir: Path, out_dir: Path = PUBLISHED_DIR) -> None:
 
 def load(model: str, published_dir: Path = PUBLISHED_DIR) -> dict:
     return yaml.safe_load((published_dir / f"{model}.metrics.yaml").read_text())
-
-
-def flat_metrics(results: list[dict]) -> dict[str, float]:
-    """The evaluator's flat keys ('NanoSciFact_dot_ndcg@10', 'NanoBEIR_mean_dot_ndcg@10') of model-index results,
-    as floats, as the evaluators return them (the Hub page's YAML shows 1.0 as 1)."""
-    return {
-        f"{result['dataset']['type']}_{metric['type']}": float(metric["value"])
-        for result in results
-        for metric in result["metrics"]
-    }
 
 
 def main(argv: list[str] | None = None) -> None:

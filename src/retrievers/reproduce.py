@@ -1,8 +1,8 @@
 """Evaluate an already published checkpoint exactly as evaluate@<model> evaluates ours, next to its card.
 
-    python -m retrievers.published modernbert-xtr                       # models.<key>.reference from params.yaml
-    python -m retrievers.published modernbert-xtr --checkpoint robro612/ModernBERT-XTR@<commit>
-    python -m retrievers.published neobert-splade --checkpoint releases/neobert-splade --output cmp.json
+    python -m retrievers.reproduce modernbert-xtr                       # models.<key>.reference from params.yaml
+    python -m retrievers.reproduce modernbert-xtr --checkpoint robro612/ModernBERT-XTR@<commit>
+    python -m retrievers.reproduce neobert-splade --checkpoint releases/neobert-splade --output cmp.json
 
 The checkpoint (a Hub repository at a revision, or a local folder) is loaded with the stock loader of the
 model's kind, evaluated with the model's ``evaluation`` config on the pipeline's local copy of the evaluation
@@ -21,7 +21,8 @@ from pathlib import Path
 
 from retrievers import paths
 from retrievers.config import ConfigError, HubRepo, Params, load_params
-from retrievers.data.download import DownloadError, hub_snapshot
+from retrievers.errors import DownloadError
+from retrievers.hub import hub_snapshot
 from retrievers.io import write_json_atomic
 
 
@@ -54,7 +55,7 @@ def card_metrics(checkpoint: Path) -> dict[str, float]:
     """The card's model-index as flat evaluator keys ('NanoSciFact_dot_ndcg@10', 'NanoBEIR_mean_...')."""
     from huggingface_hub import metadata_load
 
-    from retrievers.cards.published import flat_metrics
+    from retrievers.cards import flat_metrics
 
     readme = checkpoint / "README.md"
     model_index = (metadata_load(readme) or {}).get("model-index") if readme.exists() else None
@@ -92,7 +93,7 @@ def _print_table(rows: list[dict], tolerance: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m retrievers.published", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m retrievers.reproduce", description=__doc__.split("\n")[0])
     parser.add_argument("model", help="model key in params.yaml (e.g. modernbert-xtr)")
     parser.add_argument("--checkpoint", help="local folder, or Hub repo id [@revision]; default: the params reference")
     parser.add_argument("--params", default="params.yaml", type=Path)
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = resolve_checkpoint(params, args.model, args.checkpoint)
         measured = evaluate_checkpoint(params, args.model, checkpoint)
     except (ConfigError, DownloadError, FileNotFoundError) as error:
-        print(f"published@{args.model}: error: {error}", file=sys.stderr)
+        print(f"reproduce@{args.model}: error: {error}", file=sys.stderr)
         return 2
     rows = compare(measured, card_metrics(checkpoint.path))
     if not rows:

@@ -1,4 +1,4 @@
-"""`python -m retrievers.published`: evaluate a published checkpoint as evaluate@ does and compare with its card.
+"""`python -m retrievers.reproduce`: evaluate a published checkpoint as evaluate@ does and compare with its card.
 
 The smoke pipeline's release bundles stand for published checkpoints: each carries a card whose
 model-index the evaluate stage wrote, so evaluating the bundle again must reproduce every card value."""
@@ -12,7 +12,7 @@ import sys
 import pytest
 import yaml
 
-from retrievers.published import card_metrics, compare
+from retrievers.reproduce import card_metrics, compare
 
 from .conftest import run
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 def test_a_released_bundle_reproduces_every_number_on_its_card(smoke_run, tmp_path, model):
     output = tmp_path / "comparison.json"
     result = run(
-        [sys.executable, "-m", "retrievers.published", model, "--checkpoint", f"releases/{model}",
+        [sys.executable, "-m", "retrievers.reproduce", model, "--checkpoint", f"releases/{model}",
          "--tolerance", "0", "--output", str(output)],
         cwd=smoke_run.workspace, check=False,
     )
@@ -55,7 +55,7 @@ def test_a_card_that_overstates_a_metric_is_flagged(smoke_run, tmp_path):
 
 def test_a_hub_checkpoint_without_hub_access_fails_in_one_line(smoke_run):
     result = run(
-        [sys.executable, "-m", "retrievers.published", "modernbert-xtr", "--checkpoint",
+        [sys.executable, "-m", "retrievers.reproduce", "modernbert-xtr", "--checkpoint",
          "robro612/ModernBERT-XTR@0123456789abcdef0123456789abcdef01234567"],
         cwd=smoke_run.workspace, check=False,
     )

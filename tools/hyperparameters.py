@@ -4,7 +4,8 @@ The published cards' hyperparameter lists are extracted once into ``model_cards/
 (``--extract``, from the cards in ../shared/reference-cards) so that the comparison works in any clone.
 ``--write``/``--check`` render ``model_cards/hyperparameters.md``. The "ours" column is read from the real
 ``(Sentence|SparseEncoder)TrainingArguments`` object that ``train@<phase>`` builds, not from params.yaml
-directly, so defaults the trainer fills in are compared too.
+directly, so defaults the trainer fills in are compared too (``retrievers.cards.arguments``).
+A developer tool: ``python -m tools.hyperparameters`` (``make hyperparameters``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from retrievers.cards.arguments import trainer_hyperparameters
 from retrievers.config import Params, SpladePhase, load_params
 
 PUBLISHED_DIR = Path("model_cards/published")
@@ -40,38 +42,6 @@ def card_hyperparameters(card_text: str) -> dict[str, str]:
         if values:
             return values
     raise ValueError("no hyperparameter list found in the card")
-
-
-def trainer_hyperparameters(params: Params, phase_key: str) -> dict[str, Any]:
-    from sentence_transformers import SentenceTransformerTrainingArguments
-    from sentence_transformers.sparse_encoder import SparseEncoderTrainingArguments
-
-    from retrievers.train.common import trainer_arguments
-
-    phase = params.phases[phase_key]
-    cls = SparseEncoderTrainingArguments if isinstance(phase, SpladePhase) else SentenceTransformerTrainingArguments
-    # TrainingArguments refuses fp16/bf16 on a machine without a GPU: build with them off, report the config.
-    cpu_safe = phase.args.model_copy(update={"fp16": False, "bf16": False})
-    values = trainer_arguments(cls, cpu_safe, Path("/tmp/compare"), params.seed).to_dict()
-    return values | {"fp16": phase.args.fp16, "bf16": phase.args.bf16}
-
-
-RUN_SPECIFIC = ("output_dir", "logging_dir", "local_rank")
-
-
-def card_hyperparameters_of(params: Params, phase_key: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(non-default, all) trainer arguments of a phase, as the published cards list them: the real
-    TrainingArguments, compared with the class's defaults; run-specific folders and tokens left out."""
-    from sentence_transformers import SentenceTransformerTrainingArguments
-    from sentence_transformers.sparse_encoder import SparseEncoderTrainingArguments
-
-    cls = SparseEncoderTrainingArguments if isinstance(params.phases[phase_key], SpladePhase) else (
-        SentenceTransformerTrainingArguments)
-    defaults = cls(output_dir="/tmp/compare").to_dict()
-    ours = {k: (v.value if hasattr(v, "value") else v) for k, v in trainer_hyperparameters(params, phase_key).items()
-            if k not in RUN_SPECIFIC and not k.endswith("token")}
-    defaults = {k: (v.value if hasattr(v, "value") else v) for k, v in defaults.items()}
-    return {k: v for k, v in ours.items() if k not in defaults or defaults[k] != v}, ours
 
 
 def _same(card: str, ours: Any) -> bool:
@@ -100,7 +70,7 @@ def splade_recipe(phase: SpladePhase) -> dict[str, Any]:
     """What train@<phase> does beyond TrainingArguments, in the words of the hand-written published recipe."""
     from transformers import AutoModelForMaskedLM
 
-    from retrievers.neobert import NeoBERTConfig
+    from retrievers.models.neobert import NeoBERTConfig
 
     loss = {
         "mnrl": "SparseMultipleNegativesRankingLoss(scale=1.0, similarity_fct='dot_score')",

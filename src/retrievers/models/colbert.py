@@ -1,0 +1,302 @@
+"""ColBERT models (ModernBERT-XTR): PyLate's ``ColBERT``, token vectors scored by MaxSim, a PLAID index.
+
+The one place that knows how this kind is built, loaded, encoded, evaluated, indexed and described on its card.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import numpy as np
+
+from retrievers.config import ColBERTConfig
+
+KIND = "colbert"
+ARCHITECTURE_NAME = "ColBERT"  # the repr of the libraries' model object, as the published cards print it
+EVALUATOR_NAME = "pylate.evaluation.NanoBEIREvaluator"
+PER_SET_EVALUATOR = "pylate.evaluation.pylate_information_retrieval_evaluator.PyLateInformationRetrievalEvaluator"
+INDEX_NAME = "PLAID"
+
+
+def recognises(modules_json: str) -> bool:
+    """Whether a saved model's modules.json is one of this kind's."""
+    return "pylate." in modules_json
+
+
+# ------------------------------------------------------------------------------------------- building
+def build_colbert(init: Path, colbert: ColBERTConfig, device: str | None = None):
+    """A PyLate ColBERT from a base encoder (adds the Dense head) or from a ColBERT checkpoint (keeps it).
+
+    Prefixes are passed explicitly: PyLate treats ``None`` as its "[Q] "/"[D] " defaults."""
+    from pylate import models
+
+    return models.ColBERT(
+        model_name_or_path=str(init),
+        embedding_size=colbert.embedding_size,
+        query_length=colbert.query_length,
+        document_length=colbert.document_length,
+        query_prefix=colbert.query_prefix,
+        document_prefix=colbert.document_prefix,
+        attend_to_expansion_tokens=colbert.attend_to_expansion_tokens,
+        device=device,
+    )
+
+
+def build(phase):
+    """The phase's model before training (its init folder with the phase's ColBERT head)."""
+    return build_colbert(Path(phase.init), phase.colbert)
+
+
+def load(path: Path | str):
+    """A trained or released model folder, with the stock loader."""
+    from pylate.models import ColBERT
+
+    return ColBERT(str(path))
+
+
+# ------------------------------------------------------------------------------------------- training
+def training_arguments_class() -> type:
+    from sentence_transformers import SentenceTransformerTrainingArguments
+
+    return SentenceTransformerTrainingArguments
+
+
+def trainer(phase, init: Path, data: Path, output: Path, seed: int):
+    """(model, trainer) for an XTR phase: contrastive on triplets or distillation from teacher scores."""
+    from retrievers.train.common import trainer_arguments
+
+    args = trainer_arguments(training_arguments_class(), phase.args, output, seed)
+    if phase.recipe == "xtr-contrastive":
+        from retrievers.train.xtr import contrastive_trainer
+
+        return contrastive_trainer(phase, init, data, args)
+    from retrievers.train.xtr import distillation_trainer
+
+    return distillation_trainer(phase, init, data, args)
+
+
+# ------------------------------------------------------------------------------------------- encoding
+def encode_batch(model, texts: list[str], is_query: bool, batch_size: int) -> list:
+    return model.encode(texts, is_query=is_query, batch_size=batch_size, show_progress_bar=False)
+
+
+def stack(parts: list) -> list[np.ndarray]:
+    """The batches' outputs as one list of [tokens, dim] arrays."""
+    return [np.asarray(p, dtype=np.float32) for batch in parts for p in batch]
+
+
+def encoded_record(model, encoded, i: int, top_terms: int) -> dict[str, Any]:
+    """What `retrievers encode` prints for text ``i``: its token vectors."""
+    return {"embedding": encoded[i].astype(np.float64).round(6).tolist()}
+
+
+def encode_probe(model, texts: list[str]) -> list[np.ndarray]:
+    """Deterministic encodings used to compare two copies of a model."""
+    outputs = model.encode(texts, is_query=True, show_progress_bar=False)
+    outputs += model.encode(texts, is_query=False, show_progress_bar=False)
+    return [np.asarray(o, dtype=np.float32) for o in outputs]
+
+
+def predict(model, texts: list[str], params: dict | None) -> list:
+    """The MLflow pyfunc's output: token vectors, of queries unless ``params['is_query']`` is false."""
+    is_query = bool((params or {}).get("is_query", True))
+    return [e.tolist() for e in model.encode(texts, is_query=is_query, show_progress_bar=False)]
+
+
+PYFUNC_OUTPUT = "embedding"
+
+
+def pyfunc_output_spec():
+    """The MLflow signature's output column: token vectors [tokens, dim] per text."""
+    from mlflow.types import ColSpec, DataType
+    from mlflow.types.schema import Array
+
+    return ColSpec(Array(Array(DataType.float)), PYFUNC_OUTPUT)
+
+
+# ------------------------------------------------------------------------------------------- indexing
+# A shard of the corpus (retrievers.indexing): the documents' token vectors, concatenated, and their lengths.
+def shard_arrays(encoded: list[np.ndarray]) -> dict[str, np.ndarray]:
+    tokens = np.concatenate(encoded).astype(np.float32) if encoded else np.zeros((0, 0), np.float32)
+    return {"tokens": tokens, "lengths": np.array([len(e) for e in encoded], dtype=np.int64)}
+
+
+def shard_vectors(arrays) -> tuple[np.ndarray, np.ndarray]:
+    return arrays["tokens"], arrays["lengths"]
+
+
+def shard_documents(vectors) -> list[np.ndarray]:
+    tokens, lengths = vectors
+    return np.split(tokens, np.cumsum(lengths)[:-1]) if len(lengths) else []
+
+
+def count(encoded) -> int:
+    return len(encoded)
+
+
+def maxsim_scores(queries: list[np.ndarray], tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """ColBERT late interaction, exactly: [queries, documents], the sum over query tokens of the max over each
+    document's tokens of the dot product (0 for a document without tokens)."""
+    out = np.zeros((len(queries), len(lengths)), dtype=np.float32)
+    nonempty = lengths > 0
+    if not len(queries) or not nonempty.any():
+        return out
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)[nonempty]
+    longest = max(len(q) for q in queries)
+    per_product = max(1, (1 << 24) // max(len(tokens) * longest, 1))  # ~64 MiB of similarities at a time
+    for first in range(0, len(queries), per_product):
+        chunk = queries[first : first + per_product]
+        best = np.maximum.reduceat(tokens @ np.concatenate(chunk).T, starts, axis=0)  # [documents, query tokens]
+        column = 0
+        for i, query in enumerate(chunk):
+            out[first + i, nonempty] = best[:, column : column + len(query)].sum(axis=1)
+            column += len(query)
+    return out
+
+
+def exact_scores(queries: list[np.ndarray], vectors) -> np.ndarray:
+    return maxsim_scores(queries, *vectors)
+
+
+PLAID_ADD_TOKENS = 1 << 22  # token vectors per add_documents call: bounds the memory of a build
+
+
+def _plaid(index_dir: Path, build: dict, search: dict, override: bool):
+    from pylate import indexes
+
+    return indexes.PLAID(index_folder=str(index_dir), index_name="plaid", override=override, show_progress=False,
+                         device="cpu", use_triton=False, **build, **search)
+
+
+def build_index(index_dir: Path, shards, build: dict, search: dict) -> None:
+    """PLAID from the shards ((ids, vectors) pairs), fed PLAID_ADD_TOKENS token vectors at a time."""
+    plaid = _plaid(index_dir, build, search, override=True)
+    ids: list[str] = []
+    documents: list[np.ndarray] = []
+    for shard_ids, vectors in shards:
+        ids += [str(i) for i in shard_ids]
+        documents += shard_documents(vectors)
+        if sum(len(d) for d in documents) >= PLAID_ADD_TOKENS:
+            plaid.add_documents(documents_ids=ids, documents_embeddings=documents)
+            ids, documents = [], []
+    if ids:
+        plaid.add_documents(documents_ids=ids, documents_embeddings=documents)
+
+
+def load_index(index_dir: Path, build: dict, search: dict):
+    from pylate import retrieve
+
+    return retrieve.ColBERT(index=_plaid(index_dir, build, search, override=False))
+
+
+def search_index(retriever, encoded, query_ids: list[str], k: int, search: dict) -> list[list[tuple[str, float]]]:
+    hits = retriever.retrieve(queries_embeddings=encoded, k=k)
+    return [[(str(h["id"]), float(h["score"])) for h in row] for row in hits]
+
+
+def index_files(index_dir: Path) -> list[Path]:
+    return [index_dir / "plaid"]
+
+
+def candidate_settings(documents: int) -> list[tuple[dict, dict]]:
+    """(build, search) PLAID settings, cheapest first: 8-bit residuals (PyLate's default 4 bits alone cost ~8
+    points of top-10 recall against exact MaxSim on the fixture), more probed centroids than PyLate's 8, and more
+    rescored candidates as the corpus grows."""
+    build = {"nbits": 8, "kmeans_niters": 4}
+    full_scores = max(8192, documents // 10)
+    return [(build, {"n_ivf_probe": probes, "n_full_scores": full_scores}) for probes in (32, 64)] + [
+        (build, {"n_ivf_probe": 256, "n_full_scores": max(full_scores, documents)})]
+
+
+# ----------------------------------------------------------------------------------------- evaluation
+def _local_pylate_sets(root: Path) -> dict[str, str]:
+    """PyLate's dataset names -> local copies of their zeta-alpha-ai Nano* repositories under ``root``."""
+    from pylate.evaluation import nano_beir_evaluator as module
+
+    folders = {name: root / repo_id.split("/")[-1] for name, repo_id in module.MAPPING_DATASET_NAME_TO_ID.items()}
+    return {name: str(folder) for name, folder in folders.items() if folder.exists()}
+
+
+@contextmanager
+def _pylate_sets_from(local: dict[str, str]):
+    """Point PyLate's evaluator at the local copies.
+
+    PyLate 1.6 reads the repository ids from a module-level mapping and has no ``dataset_id`` argument;
+    the mapping is patched for the duration of the evaluation only."""
+    from pylate.evaluation import nano_beir_evaluator as module
+
+    with mock.patch.dict(module.MAPPING_DATASET_NAME_TO_ID, local):
+        yield
+
+
+def _check_sets(names: list[str], available: dict[str, str], root: Path) -> None:
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise FileNotFoundError(
+            f"{root}: no local copy of NanoBEIR set(s) {missing}; add them to the source's "
+            "members in params.yaml or drop them from evaluation.datasets"
+        )
+
+
+def evaluate(model, evaluation, root: Path) -> dict:
+    """PyLate's NanoBEIREvaluator on the local copies of the sets under ``root``."""
+    from pylate.evaluation import NanoBEIREvaluator
+
+    local = _local_pylate_sets(root)
+    _check_sets(evaluation.datasets, local, root)
+    with _pylate_sets_from(local):
+        evaluator = NanoBEIREvaluator(
+            dataset_names=evaluation.datasets, batch_size=evaluation.batch_size, show_progress_bar=False
+        )
+        return evaluator(model)
+
+
+# ------------------------------------------------------------------------------------------------ card
+def loss_description(phase) -> tuple[str, dict]:
+    """The phase's loss and its parameters, as train/ builds it (the card's 'Loss ... with these parameters')."""
+    common = {"temperature": phase.temperature, "learnable_temperature": phase.learnable_temperature}
+    if phase.recipe == "xtr-contrastive":
+        return "retrievers.losses.LearnableTemperatureContrastive (pylate.losses.Contrastive)", {
+            "score_metric": f"pylate.scores.XTRScores(k={phase.k_train})",
+            **common,
+            "gather_across_devices": phase.gather_across_devices,
+        }
+    return "retrievers.losses.LearnableTemperatureDistillation (pylate.losses.Distillation)", {
+        "score_metric": f"pylate.scores.XTRKDScores(k={phase.k_train})",
+        **common,
+        "n_ways": phase.n_ways,
+        "teacher_scores": phase.teacher_scores,
+    }
+
+
+def dataset_size(phase) -> int | None:
+    return phase.args.max_steps * phase.args.per_device_train_batch_size if phase.args.max_steps > 0 else None
+
+
+def size_text(phase, size: int) -> str:
+    args = phase.args
+    return f"{size:,} training samples ({args.max_steps:,} steps x batch {args.per_device_train_batch_size})"
+
+
+def embedding_size(phase, model_dir: Path) -> int:
+    return phase.colbert.embedding_size
+
+
+CARD_STYLE = {  # the published card's front matter (retrievers.cards.CardStyle)
+    "per_set_task": ("py-late-information-retrieval", "Py Late Information Retrieval"),
+    "mean_task": ("nano-beir", "Nano BEIR"),
+    "library_name": "PyLate",
+    "pipeline_tag": "sentence-similarity",
+    "tags": (
+        "ColBERT",
+        "PyLate",
+        "sentence-transformers",
+        "sentence-similarity",
+        "feature-extraction",
+        "generated_from_trainer",
+        "loss:Distillation",
+    ),
+}

@@ -1,0 +1,254 @@
+"""SPLADE models (NeoBERT-SPLADE): sentence-transformers' ``SparseEncoder``, sparse vocabulary-sized vectors
+scored by dot product, a Seismic inverted index (pyseismic-lsr).
+
+The one place that knows how this kind is built, loaded, encoded, evaluated, indexed and described on its card.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retrievers.config import SpladeConfig
+
+KIND = "splade"
+ARCHITECTURE_NAME = "SparseEncoder"  # the repr of the libraries' model object, as the published cards print it
+EVALUATOR_NAME = "sentence_transformers.sparse_encoder.evaluation.SparseNanoBEIREvaluator"
+PER_SET_EVALUATOR = "sentence_transformers.sparse_encoder.evaluation.SparseInformationRetrievalEvaluator"
+INDEX_NAME = "Seismic inverted"
+
+
+def recognises(modules_json: str) -> bool:
+    """Whether a saved model's modules.json is one of this kind's."""
+    return "SpladePooling" in modules_json
+
+
+# ------------------------------------------------------------------------------------------- building
+def build_splade(init: Path, splade: SpladeConfig):
+    """MLMTransformer + SpladePooling over a masked-language model (or reload a saved SparseEncoder)."""
+    from sentence_transformers import SparseEncoder
+    from sentence_transformers.sparse_encoder.models import MLMTransformer, SpladePooling
+
+    if (init / "modules.json").exists():
+        return SparseEncoder(str(init))
+    mlm = MLMTransformer(str(init), max_seq_length=splade.max_seq_length)
+    pooling = SpladePooling(
+        pooling_strategy=splade.pooling_strategy,
+        activation_function=splade.activation_function,
+        word_embedding_dimension=mlm.get_sentence_embedding_dimension(),
+    )
+    return SparseEncoder(modules=[mlm, pooling])
+
+
+def build(phase):
+    """The phase's model before training (its init folder with the SPLADE head)."""
+    return build_splade(Path(phase.init), phase.splade)
+
+
+def load(path: Path | str):
+    """A trained or released model folder, with the stock loader."""
+    from sentence_transformers import SparseEncoder
+
+    return SparseEncoder(str(path))
+
+
+# ------------------------------------------------------------------------------------------- training
+def training_arguments_class() -> type:
+    from sentence_transformers.sparse_encoder import SparseEncoderTrainingArguments
+
+    return SparseEncoderTrainingArguments
+
+
+def trainer(phase, init: Path, data: Path, output: Path, seed: int):
+    """(model, trainer) for the SPLADE phase."""
+    from retrievers.train.common import trainer_arguments
+    from retrievers.train.splade import splade_trainer
+
+    args = trainer_arguments(training_arguments_class(), phase.args, output, seed)
+    return splade_trainer(phase, init, data, args, seed)
+
+
+# ------------------------------------------------------------------------------------------- encoding
+def _to_csr(tensor):
+    from scipy import sparse
+
+    coo = tensor.coalesce().cpu()
+    rows, cols = coo.indices().numpy()
+    return sparse.csr_matrix((coo.values().float().numpy(), (rows, cols)), shape=tuple(coo.shape))
+
+
+def encode_batch(model, texts: list[str], is_query: bool, batch_size: int):
+    method = model.encode_query if is_query else model.encode_document
+    return _to_csr(method(texts, batch_size=batch_size, convert_to_sparse_tensor=True, show_progress_bar=False))
+
+
+def stack(parts: list):
+    """The batches' outputs as one scipy CSR matrix [texts, vocabulary]."""
+    from scipy import sparse
+
+    return sparse.vstack(parts).tocsr()
+
+
+def encoded_record(model, encoded, i: int, top_terms: int) -> dict[str, Any]:
+    """What `retrievers encode` prints for text ``i``: its ``top_terms`` heaviest terms and their weights."""
+    row = encoded.getrow(i)
+    order = np.argsort(-row.data)[:top_terms]
+    tokens = model.tokenizer.convert_ids_to_tokens(row.indices[order].tolist())
+    weights = row.data[order].astype(np.float64).round(4).tolist()
+    return {"terms": dict(zip(tokens, weights, strict=True))}
+
+
+def encode_probe(model, texts: list[str]) -> list[np.ndarray]:
+    """Deterministic encodings used to compare two copies of a model."""
+    dense = model.encode(texts, convert_to_sparse_tensor=False, show_progress_bar=False)
+    return [np.asarray(row.cpu() if hasattr(row, "cpu") else row, dtype=np.float32) for row in dense]
+
+
+def predict(model, texts: list[str], params: dict | None) -> list:
+    """The MLflow pyfunc's output: every term and its weight, for each text encoded as a query unless
+    ``params['is_query']`` is false (then as a document)."""
+    method = model.encode_query if bool((params or {}).get("is_query", True)) else model.encode_document
+    return [dict(model.decode(e, top_k=None)) for e in method(texts, show_progress_bar=False)]
+
+PYFUNC_OUTPUT = "terms"
+
+
+def pyfunc_output_spec():
+    """The MLflow signature's output column: term -> weight per text."""
+    from mlflow.types import ColSpec, DataType
+    from mlflow.types.schema import Map
+
+    return ColSpec(Map(DataType.double), PYFUNC_OUTPUT)
+
+
+
+# ------------------------------------------------------------------------------------------- indexing
+def _rows(matrix):
+    """(term ids as strings, float32 weights) per row of a CSR matrix: Seismic's sparse vector format."""
+    from seismic import get_seismic_string
+
+    for i in range(matrix.shape[0]):
+        row = matrix.getrow(i)
+        yield row.indices.astype(str).astype(get_seismic_string()), row.data.astype(np.float32)
+
+
+# A shard of the corpus (retrievers.indexing): the CSR arrays of its rows.
+def shard_arrays(encoded) -> dict[str, np.ndarray]:
+    return {"data": encoded.data.astype(np.float32), "indices": encoded.indices.astype(np.int32),
+            "indptr": encoded.indptr.astype(np.int64), "shape": np.array(encoded.shape, dtype=np.int64)}
+
+
+def shard_vectors(arrays):
+    from scipy import sparse
+
+    return sparse.csr_matrix((arrays["data"], arrays["indices"], arrays["indptr"]), shape=tuple(arrays["shape"]))
+
+
+def count(encoded) -> int:
+    return encoded.shape[0]
+
+
+def exact_scores(queries, vectors) -> np.ndarray:
+    """Dot products [queries, documents] of the sparse vectors."""
+    return (queries @ vectors.T).toarray().astype(np.float32)
+
+
+def build_index(index_dir: Path, shards, build: dict, search: dict) -> None:
+    """Seismic from the shards ((ids, vectors) pairs); Seismic holds the whole sparse collection while building."""
+    from seismic import SeismicDataset, SeismicIndex
+
+    dataset = SeismicDataset()
+    for ids, vectors in shards:
+        for doc_id, (terms, weights) in zip(ids, _rows(vectors), strict=True):
+            dataset.add_document(str(doc_id), terms, weights)
+    SeismicIndex.build_from_dataset(dataset, **build).save(str(index_dir / "seismic"))
+
+
+def load_index(index_dir: Path, build: dict, search: dict):
+    from seismic import SeismicIndex
+
+    return SeismicIndex.load(str(index_dir / "seismic.index.seismic"))
+
+
+def search_index(index, encoded, query_ids: list[str], k: int, search: dict) -> list[list[tuple[str, float]]]:
+    results = []
+    for query_id, (terms, weights) in zip(query_ids, _rows(encoded), strict=True):
+        cut = max(len(terms), 1) if search["query_cut"] == "all" else int(search["query_cut"])
+        hits = index.search(str(query_id), terms, weights, k=k, query_cut=cut, heap_factor=float(search["heap_factor"]))
+        results.append([(doc_id, float(score)) for _, score, doc_id in hits])
+    return results
+
+
+def index_files(index_dir: Path) -> list[Path]:
+    return list(index_dir.glob("seismic*"))
+
+
+def candidate_settings(documents: int) -> list[tuple[dict, dict]]:
+    """(build, search) Seismic settings, cheapest first. Seismic's defaults (n_postings 3500, summary_energy 0.4,
+    centroid_fraction 0.1, query_cut 10, heap_factor 0.7) are tuned for MS MARCO's 8.8M passages of real SPLADE
+    vectors. Here every query term is used, posting lists keep at least a tenth of the corpus, and the later
+    settings keep whole posting lists and exact block summaries."""
+    pruned = {"n_postings": max(3500, documents // 10), "centroid_fraction": 0.1, "summary_energy": 0.4,
+              "max_fraction": 1.5}
+    whole = {"n_postings": max(3500, documents), "centroid_fraction": 0.5, "summary_energy": 1.0, "max_fraction": 1.5}
+    return [(pruned, {"query_cut": "all", "heap_factor": 0.6}), (whole, {"query_cut": "all", "heap_factor": 0.6}),
+            (whole, {"query_cut": "all", "heap_factor": 0.4})]
+
+
+# ----------------------------------------------------------------------------------------- evaluation
+def evaluate(model, evaluation, root: Path) -> dict:
+    """sentence-transformers' SparseNanoBEIREvaluator on the local NanoBEIR-en copy at ``root``."""
+    from sentence_transformers.sparse_encoder.evaluation import SparseNanoBEIREvaluator
+
+    evaluator = SparseNanoBEIREvaluator(
+        dataset_names=evaluation.datasets,
+        dataset_id=str(root),
+        batch_size=evaluation.batch_size,
+        show_progress_bar=False,
+    )
+    return evaluator(model)
+
+
+# ------------------------------------------------------------------------------------------------ card
+def loss_description(phase) -> tuple[str, dict]:
+    """The phase's loss and its parameters, as train/ builds it (the card's 'Loss ... with these parameters')."""
+    return "sentence_transformers.sparse_encoder.losses.SpladeLoss", {
+        "loss": "SparseMultipleNegativesRankingLoss(scale=1.0, similarity_fct='dot_score')",
+        "document_regularizer_weight": phase.document_regularizer_weight,
+        "query_regularizer_weight": phase.query_regularizer_weight,
+        "regularizer_warmup_ratio": phase.regularizer_warmup_ratio,
+    }
+
+
+def dataset_size(phase) -> int | None:
+    return phase.max_train_samples
+
+
+def size_text(phase, size: int) -> str:
+    return f"{size:,} training samples"
+
+
+def embedding_size(phase, model_dir: Path) -> int:
+    """The vocabulary size: one dimension per token."""
+    return json.loads((model_dir / "config.json").read_text())["vocab_size"]
+
+
+CARD_STYLE = {  # the published card's front matter (retrievers.cards.CardStyle)
+    "per_set_task": ("sparse-information-retrieval", "Sparse Information Retrieval"),
+    "mean_task": ("sparse-nano-beir", "Sparse Nano BEIR"),
+    "library_name": "sentence-transformers",
+    "pipeline_tag": "feature-extraction",
+    "tags": (
+        "sentence-transformers",
+        "sparse-encoder",
+        "sparse",
+        "splade",
+        "generated_from_trainer",
+        "loss:SpladeLoss",
+        "loss:SparseMultipleNegativesRankingLoss",
+        "loss:FlopsLoss",
+    ),
+}

@@ -1,0 +1,148 @@
+"""Encoding, indexing and search over a corpus with a released model, for the ``retrievers`` command.
+
+The kind of the model picks the index: PLAID (PyLate) for ColBERT models, Seismic (pyseismic-lsr) for SPLADE
+models (both in :mod:`retrievers.models`). Corpora and query files are jsonl or parquet with an ``id`` (or
+``_id``) and a ``text`` field (``title``, when present, is prepended to the text).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from types import ModuleType
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from retrievers import models
+from retrievers.errors import CLIError
+from retrievers.io import write_json_atomic
+
+console = Console(stderr=True)
+INDEX_RECORD = "retrievers-index.json"  # = retrievers.indexing.INDEX_RECORD
+BATCH = 32
+
+
+def load(folder: Path) -> tuple[ModuleType, object]:
+    """(kind module, model) of a model folder."""
+    kind = models.for_folder(folder)
+    with console.status(f"loading {kind.KIND} model from {folder}"):
+        return kind, kind.load(folder)
+
+
+def read_records(path: Path) -> list[dict]:
+    """[{'id', 'text'}] from a jsonl or parquet file (a query or text file: small, read whole)."""
+    from retrievers.indexing import iter_batches
+
+    records = [r for batch in iter_batches(path, 1024) for r in batch]
+    if not records:
+        raise CLIError(f"{path}: no records")
+    return records
+
+
+def encode(kind: ModuleType, model, texts: list[str], is_query: bool, what: str):
+    """ColBERT: a list of [tokens, dim] arrays; SPLADE: a scipy CSR matrix [texts, vocabulary]."""
+    parts = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(f"encoding {what}", total=len(texts))
+        for start in range(0, len(texts), BATCH):
+            batch = texts[start : start + BATCH]
+            parts.append(kind.encode_batch(model, batch, is_query, BATCH))
+            progress.advance(task, len(batch))
+    return kind.stack(parts)
+
+
+class _Progress:
+    """Encoding progress with rate and ETA: a live bar on a terminal, a line every few seconds otherwise."""
+
+    def __init__(self):
+        self.start, self.last, self.bar = time.perf_counter(), 0.0, None
+
+    def __enter__(self):
+        if console.is_terminal:
+            from rich.progress import TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("encoding passages"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console)
+            self.bar.__enter__()
+            self.task = self.bar.add_task("encoding", total=None, rate="")
+        return self
+
+    def __call__(self, done: int, resumed: int, total: int) -> None:
+        from retrievers.indexing import eta_text
+
+        seconds = time.perf_counter() - self.start
+        if self.bar is not None:
+            rate = f"{done / seconds:,.0f}/s" if seconds > 0 else ""
+            self.bar.update(self.task, completed=done + resumed, total=total, rate=rate)
+        elif seconds - self.last >= 5 or done + resumed == total:
+            self.last = seconds
+            note = f" ({resumed:,} from the interrupted run)" if resumed else ""
+            console.print(f"encoded {done + resumed:,}/{total:,} passages{note}: "
+                          f"{eta_text(done, total - resumed, seconds)}")
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+
+def build_index(folder: Path, corpus: Path, index_dir: Path, exact: bool = False, shard_size: int = 10_000,
+                processes: int = 0) -> dict:
+    """Encode ``corpus`` (streamed, in shards; an interrupted run of the same model, corpus and shard size
+    resumes) with the model in ``folder`` and build its index in ``index_dir`` (another index there is
+    replaced): the kind's approximate index with parameters checked against exact search, or none (``exact``)."""
+    from retrievers import indexing
+
+    indexing.count_rows(corpus)  # bad input fails before a model is loaded
+    folder = folder.resolve()
+    kind = models.for_folder(folder)
+    expected = {"kind": kind.KIND, "model": str(folder), "corpus": str(corpus.resolve()), "shard_size": shard_size,
+                "corpus_bytes": corpus.stat().st_size}
+    if indexing.resume_state(index_dir, expected):
+        console.print(f"resuming the interrupted run in {index_dir}")
+    else:
+        if index_dir.exists():
+            shutil.rmtree(index_dir)
+        index_dir.mkdir(parents=True)
+        write_json_atomic(index_dir / indexing.PROGRESS, expected)
+    (index_dir / INDEX_RECORD).unlink(missing_ok=True)
+    devices = indexing.default_devices() if processes == 0 else ["cpu"] * processes
+    loaded = load(folder)[1] if len(devices) == 1 else None
+    start = time.perf_counter()
+    with _Progress() as progress:
+        documents, sample = indexing.encode_corpus(index_dir, folder, kind.KIND, corpus, shard_size, devices,
+                                                   progress, model=loaded)
+    record = {"kind": kind.KIND, "model": str(folder), "documents": documents, "corpus": str(corpus),
+              "mode": "exact" if exact else "approximate", "encode_seconds": round(time.perf_counter() - start, 1),
+              "encoding_processes": devices}
+    indexing.remove_approximate(index_dir, kind.KIND)
+    if not exact:
+        loaded = loaded or load(folder)[1]
+        queries = indexing.encode_texts(kind.KIND, loaded, [indexing.pseudo_query(t) for t in sample], True)
+        ids = [f"calibration-{i}" for i in range(len(sample))]
+        console.print(f"choosing the {kind.INDEX_NAME} index parameters (top-10 recall vs exact search on "
+                      f"{len(sample)} pseudo-queries from the corpus):")
+        start = time.perf_counter()
+        record |= indexing.build_approximate(index_dir, kind.KIND, queries, ids, documents,
+                                             log=lambda line: console.print(line, highlight=False))
+        record["build_seconds"] = round(time.perf_counter() - start, 1)
+        console.print(f"chose build {json.dumps(record['build'])}, search {json.dumps(record['search'])}: "
+                      f"top-10 recall vs exact {record['calibration_recall@10']:.4f}", highlight=False)
+    write_json_atomic(index_dir / INDEX_RECORD, record)
+    (index_dir / indexing.PROGRESS).unlink()
+    console.print(f"indexed {documents:,} documents with {kind.KIND} ({record['mode']}) into {index_dir}")
+    return record
+
+
+def search_index(index_dir: Path, queries: list[dict], k: int, exact: bool = False) -> list[dict]:
+    """[{'query_id', 'query', 'results': [{'id', 'score'}]}] best first."""
+    from retrievers.indexing import Searcher
+
+    with console.status(f"loading the index {index_dir} and its model"):
+        searcher = Searcher(index_dir)
+    results = searcher.search(queries, k, exact)
+    return [{"query_id": q["id"], "query": q["text"], "results": [{"id": d, "score": s} for d, s in r]}
+            for q, r in zip(queries, results, strict=True)]
