@@ -51,7 +51,7 @@ def synthetic(workdir: Path, passages: int, queries: int, seed: int = 0) -> tupl
                                                                   replace=False))} for n, p in enumerate(picks)]
 
 
-def fixture_set(name: str) -> tuple[Path, list[dict]]:
+def fixture_set(name: str) -> tuple[Path, list[dict]]:  # every set's corpus file has the same name
     root = REPO / "fixtures" / "datasets" / name
     queries = pq.read_table(next((root / "queries").glob("*.parquet"))).to_pylist()
     return next((root / "corpus").glob("*.parquet")), [{"id": q["_id"], "text": q["text"]} for q in queries]
@@ -102,7 +102,9 @@ def main() -> None:
     rows = []
     for model in args.models:
         for corpus, queries in cases:
-            row = {"model": model.name} | measure(model, corpus, queries, args.workdir / f"{model.name}-{corpus.stem}")
+            name = corpus.parent.parent.name if corpus.suffix == ".parquet" else corpus.stem
+            index_dir = args.workdir / f"{model.name}-{name}"
+            row = {"model": model.name, "set": name} | measure(model, corpus, queries, index_dir)
             print(json.dumps(row), flush=True)
             rows.append(row)
     (args.workdir / "results.json").write_text(json.dumps(rows, indent=2))

@@ -174,6 +174,46 @@ def exact_search(index_dir: Path, kind: str, encoded_queries, k: int) -> list[li
 
 
 # ------------------------------------------------------------------------------ approximate indexes
+def document_locations(index_dir: Path) -> dict[str, tuple[int, int]]:
+    """Document id -> (shard number, row), from the shards' id arrays only."""
+    locations = {}
+    for number, path in enumerate(shard_paths(index_dir)):
+        with np.load(path) as arrays:
+            locations.update((str(doc_id), (number, row)) for row, doc_id in enumerate(arrays["ids"]))
+    return locations
+
+
+def rescore(index_dir: Path, kind: str, encoded_queries, candidates: list[list[tuple[str, float]]], k: int,
+            locations: dict[str, tuple[int, int]]) -> list[list[tuple[str, float]]]:
+    """The candidates of each query scored exactly from the stored vectors, best k first."""
+    module = models.kind_module(kind)
+    wanted: dict[int, list[tuple[int, str, int]]] = {}
+    for query, hits in enumerate(candidates):
+        for doc_id, _ in hits:
+            shard, row = locations[doc_id]
+            wanted.setdefault(shard, []).append((query, doc_id, row))
+    scores: list[dict[str, float]] = [{} for _ in candidates]
+    paths = shard_paths(index_dir)
+    for shard, items in wanted.items():
+        _, vectors = read_shard(paths[shard], kind)
+        for query in sorted({q for q, _, _ in items}):
+            mine = [(doc_id, row) for q, doc_id, row in items if q == query]
+            exact = module.exact_scores(module.query_vectors(encoded_queries, query),
+                                        module.select(vectors, [row for _, row in mine]))[0]
+            scores[query].update(zip([d for d, _ in mine], exact.tolist(), strict=True))
+    return [sorted(found.items(), key=lambda item: (-item[1], item[0]))[:k] for found in scores]
+
+
+def approximate_search(index_dir: Path, kind: str, index, encoded, query_ids: list[str], k: int, search: dict,
+                       locations: dict | None) -> list[list[tuple[str, float]]]:
+    """The approximate index's top k (for ColBERT: its top RERANK_DEPTH rescored exactly, then the best k)."""
+    module = models.kind_module(kind)
+    if not module.RERANK_DEPTH:
+        return module.search_index(index, encoded, query_ids, k, search)
+    candidates = module.search_index(index, encoded, query_ids, max(k, module.RERANK_DEPTH), search)
+    return rescore(index_dir, kind, encoded, candidates, k, locations or document_locations(index_dir))
+
+
 def recall_at(approx: list[list[tuple[str, float]]], exact: list[list[tuple[str, float]]], k: int) -> float:
     """Mean share of exact search's top-k that the approximate top-k found."""
     shares = [len({d for d, _ in a[:k]} & {d for d, _ in e[:k]}) / max(len(e[:k]), 1)
@@ -187,6 +227,7 @@ def build_approximate(index_dir: Path, kind: str, calibration, query_ids: list[s
     reaches ``target``; the record of what was chosen and measured."""
     module = models.kind_module(kind)
     exact = exact_search(index_dir, kind, calibration, 10)
+    locations = document_locations(index_dir) if module.RERANK_DEPTH else None
     built: dict | None = None
     tried = []
     for build, search in module.candidate_settings(documents):
@@ -195,7 +236,8 @@ def build_approximate(index_dir: Path, kind: str, calibration, query_ids: list[s
             module.build_index(index_dir, shards(index_dir, kind), build, search)
             built = build
         build_seconds = time.perf_counter() - start
-        approx = module.search_index(module.load_index(index_dir, build, search), calibration, query_ids, 10, search)
+        approx = approximate_search(index_dir, kind, module.load_index(index_dir, build, search), calibration,
+                                    query_ids, 10, search, locations)
         recall = recall_at(approx, exact, 10)
         tried.append({"build": build, "search": search, "recall@10": round(recall, 4),
                       "build_seconds": round(build_seconds, 2)})
@@ -363,6 +405,7 @@ class Searcher:
         self.model = model if model is not None else models.kind_module(self.kind).load(self.record["model"])
         self.exact_only = self.record.get("mode") == "exact"
         self._index = None
+        self._locations: dict | None = None
 
     def search(self, queries: list[dict], k: int, exact: bool = False) -> list[list[tuple[str, float]]]:
         """[(document id, score)] best first, for each {'id', 'text'} query."""
@@ -372,4 +415,6 @@ class Searcher:
         module = models.kind_module(self.kind)
         if self._index is None:
             self._index = module.load_index(self.index_dir, self.record["build"], self.record["search"])
-        return module.search_index(self._index, encoded, [str(q["id"]) for q in queries], k, self.record["search"])
+            self._locations = document_locations(self.index_dir) if module.RERANK_DEPTH else None
+        return approximate_search(self.index_dir, self.kind, self._index, encoded, [str(q["id"]) for q in queries],
+                                  k, self.record["search"], self._locations)

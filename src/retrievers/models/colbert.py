@@ -161,6 +161,22 @@ def exact_scores(queries: list[np.ndarray], vectors) -> np.ndarray:
     return maxsim_scores(queries, *vectors)
 
 
+def select(vectors, rows: list[int]):
+    """The shard vectors of the documents at ``rows``."""
+    tokens, lengths = vectors
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    parts = [tokens[starts[r] : starts[r] + lengths[r]] for r in rows]
+    return (np.concatenate(parts) if parts else tokens[:0]), lengths[rows]
+
+
+def query_vectors(encoded, i: int):
+    return [encoded[i]]
+
+
+# PLAID's scores come from compressed residuals; its top candidates are rescored exactly from the stored vectors.
+RERANK_DEPTH = 100
+
+
 PLAID_ADD_TOKENS = 1 << 22  # token vectors per add_documents call: bounds the memory of a build
 
 

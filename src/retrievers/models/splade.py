@@ -151,9 +151,20 @@ def count(encoded) -> int:
     return encoded.shape[0]
 
 
+def select(vectors, rows: list[int]):
+    return vectors[rows]
+
+
+def query_vectors(encoded, i: int):
+    return encoded[i]
+
+
 def exact_scores(queries, vectors) -> np.ndarray:
     """Dot products [queries, documents] of the sparse vectors."""
     return (queries @ vectors.T).toarray().astype(np.float32)
+
+
+RERANK_DEPTH = 0  # Seismic scores with the stored weights: nothing to rescore
 
 
 def build_index(index_dir: Path, shards, build: dict, search: dict) -> None:
