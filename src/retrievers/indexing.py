@@ -176,7 +176,7 @@ def exact_search(index_dir: Path, kind: str, encoded_queries, k: int) -> list[li
 # ------------------------------------------------------------------------------ approximate indexes
 def document_locations(index_dir: Path) -> dict[str, tuple[int, int]]:
     """Document id -> (shard number, row), from the shards' id arrays only."""
-    locations = {}
+    locations: dict[str, tuple[int, int]] = {}
     for number, path in enumerate(shard_paths(index_dir)):
         with np.load(path) as arrays:
             locations.update((str(doc_id), (number, row)) for row, doc_id in enumerate(arrays["ids"]))
