@@ -30,14 +30,19 @@ def _uv() -> str:
 
 
 def locked_closure(package: str) -> set[str]:
-    """``package`` and everything it depends on (without extras), by name, from uv.lock."""
+    """``package`` and everything it depends on, by name, from uv.lock (with the extras its dependencies
+    ask for: torch needs cuda-toolkit[cufile, ...])."""
     locked = {p["name"]: p for p in tomllib.loads((REPO / "uv.lock").read_text())["package"]}
-    names, todo = set(), [package]
+    names: set[str] = set()
+    todo: list[dict] = [{"name": package}]
     while todo:
-        name = todo.pop()
+        dependency = todo.pop()
+        name = dependency["name"]
+        for extra in dependency.get("extra", []):
+            todo += locked[name].get("optional-dependencies", {}).get(extra, [])
         if name not in names:
             names.add(name)
-            todo += [d["name"] for d in locked[name].get("dependencies", [])]
+            todo += locked[name].get("dependencies", [])
     return names
 
 
