@@ -241,7 +241,10 @@ def test_neobert_bundle_loads_with_stock_sentence_transformers_through_the_hub(w
     result = run([str(stock_python()), str(REPO / "tests" / "stock_load.py"), repo_id, pinned, json.dumps(texts)],
                  cwd=tmp_path, env=env)
     # the libraries print their own lines (load reports) to stdout too: take the script's JSON line
-    stock = json.loads(next(line for line in result.stdout.splitlines() if line.startswith('{"retrievers_installed"')))
+    marker = '{"retrievers_installed"'
+    line = next((line for line in result.stdout.splitlines() if marker in line), None)
+    assert line is not None, result.stdout[-3000:] + result.stderr[-3000:]
+    stock = json.loads(line[line.index(marker):])
     assert not stock["retrievers_installed"]
     for name in ("encoder_class", "mlm_class"):  # transformers' copy of the bundle's modeling_neobert.py
         assert stock[name].startswith("transformers_modules.") and stock[name].endswith(
