@@ -45,3 +45,18 @@ def smoke_run(tmp_path_factory) -> SmokeRun:
     start = time.perf_counter()
     result = run(["dvc", "repro"], cwd=workspace, env={"MLFLOW_TRACKING_URI": mlflow_uri})
     return SmokeRun(workspace, time.perf_counter() - start, result.stdout + result.stderr)
+
+
+@pytest.fixture(scope="session")
+def tiny_splade(tmp_path_factory) -> Path:
+    """An untrained SPLADE model on the fixture's tiny NeoBERT, built in seconds: for tests of the index and
+    the service, which do not depend on training."""
+    from sentence_transformers import SparseEncoder
+    from sentence_transformers.sparse_encoder.models import MLMTransformer, SpladePooling
+
+    import retrievers  # noqa: F401  (native NeoBERT)
+
+    folder = tmp_path_factory.mktemp("models") / "splade"
+    SparseEncoder(modules=[MLMTransformer(str(REPO / "fixtures" / "models" / "tiny-neobert"), max_seq_length=64),
+                           SpladePooling("max")], device="cpu").save(str(folder))
+    return folder

@@ -70,12 +70,15 @@ def test_registered_models_load_and_encode_through_mlflow(smoke_run):
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{smoke_run.workspace}/mlflow.db")
+    import pandas as pd
+
+    texts = pd.DataFrame({"text": ["what is a query"]})
     colbert = mlflow.pyfunc.load_model("models:/modernbert-xtr@candidate")
-    tokens = colbert.predict(["what is a query"])
+    tokens = colbert.predict(texts)["embedding"]
     assert len(tokens) == 1 and len(tokens[0]) == 32 and len(tokens[0][0]) == 128
     splade = mlflow.pyfunc.load_model("models:/neobert-splade@candidate")
-    weights = splade.predict(["what is a query"])[0]
-    assert weights and all(w > 0 for _, w in weights)
+    weights = splade.predict(texts)["terms"][0]
+    assert weights and all(w > 0 for w in weights.values())
 
 
 def test_release_bundle_is_verified_and_complete(smoke_run):

@@ -220,3 +220,49 @@ def test_download_of_a_missing_revision_or_repository_is_one_line(olah, tmp_path
         result = run([exe, "download", spec], cwd=tmp_path, env=env, check=False)
         last = result.stderr.strip().splitlines()[-1]
         assert result.returncode == 1 and last.startswith(f"retrievers: error: {spec}: "), result.stderr
+
+
+# ------------------------------------------------------- a NeoBERT bundle without this package (stock libraries)
+def test_neobert_bundle_loads_with_stock_sentence_transformers_through_the_hub(workspace, hub, olah, tmp_path):
+    """A fresh environment with only sentence-transformers (locked versions) loads the pushed bundle with
+    trust_remote_code through olah, and encodes exactly as the pipeline's model does with the native class."""
+    import torch
+    from sentence_transformers import SparseEncoder
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    from .stock_env import stock_python
+
+    repo_id = MODELS["neobert-splade"]
+    pinned = hub.tags(repo_id)[TAG]
+    texts = [row["text"] for row in pq.read_table(next((REPO / "fixtures" / "datasets" / "tiny-NanoMSMARCO" /
+                                                        "corpus").glob("*.parquet"))).to_pylist()[:4]]
+    env = {"HF_ENDPOINT": olah, "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0",
+           "HF_HOME": str(tmp_path / "hf-home")}
+    result = run([str(stock_python()), str(REPO / "tests" / "stock_load.py"), repo_id, pinned, json.dumps(texts)],
+                 cwd=tmp_path, env=env)
+    # the libraries print their own lines (load reports) to stdout too: take the script's JSON line
+    marker = '{"retrievers_installed"'
+    line = next((line for line in result.stdout.splitlines() if marker in line), None)
+    assert line is not None, result.stdout[-3000:] + result.stderr[-3000:]
+    stock = json.loads(line[line.index(marker):])
+    assert not stock["retrievers_installed"]
+    for name in ("encoder_class", "mlm_class"):  # transformers' copy of the bundle's modeling_neobert.py
+        assert stock[name].startswith("transformers_modules.") and stock[name].endswith(
+            "modeling_neobert.NeoBERTLMHead"), stock[name]
+
+    trained = workspace.root / "models" / "neobert-splade"  # the pipeline's model, with this package's class
+    model = SparseEncoder(str(trained), device="cpu")
+    assert type(model[0].auto_model).__module__ == "retrievers.models.neobert"
+    expected = model.encode(texts, convert_to_sparse_tensor=False, convert_to_tensor=True)
+    vector_diff = float((torch.tensor(stock["vectors"]) - expected).abs().max())
+    mlm = AutoModelForMaskedLM.from_pretrained(trained).eval()
+    inputs = AutoTokenizer.from_pretrained(trained)(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = mlm(**inputs).logits * inputs["attention_mask"][..., None]
+    logit_diff = float((torch.tensor(stock["logits"]) - logits).abs().max())
+    print(f"stock sentence-transformers vs pipeline: max |diff| vectors {vector_diff:.3g}, MLM logits {logit_diff:.3g}")
+    assert vector_diff <= 1e-6 and logit_diff <= 1e-5
+
+    # With this package imported the bundle loads without remote code, through the registered native class.
+    bundle = SparseEncoder(str(workspace.root / "releases" / "neobert-splade"), device="cpu")
+    assert type(bundle[0].auto_model).__module__ == "retrievers.models.neobert"

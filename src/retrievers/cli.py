@@ -71,16 +71,22 @@ def encode_command(
 def index(
     model: Annotated[str, typer.Argument(help="model folder or anything `download` accepts")],
     corpus: Annotated[Path, typer.Argument(help="jsonl or parquet corpus with id and text")],
-    index_dir: Annotated[Path, typer.Argument(help="folder to write the index into: new, empty, or an index "
-                                                   "`retrievers index` wrote (replaced)")],
+    index_dir: Annotated[Path, typer.Argument(help="folder to write the index into: new, empty, an index `retrievers "
+                                                   "index` wrote (replaced), or its interrupted run (resumed)")],
     overwrite: Annotated[bool, typer.Option(help="replace INDEX_DIR even if it holds other files")] = False,
+    exact: Annotated[bool, typer.Option(help="no approximate index: search scores every document")] = False,
+    shard_size: Annotated[int, typer.Option(min=1, help="passages per encoded shard (the unit of resuming)")] = 10_000,
+    processes: Annotated[int, typer.Option(min=0, help="encoding processes (0: one per GPU, or CPU cores / 2)")] = 0,
 ):
-    """Encode a corpus and build its index: PLAID for ColBERT, Seismic for SPLADE."""
+    """Encode a corpus (streamed, resumable) and build its index: PLAID for ColBERT, Seismic for SPLADE, with
+    parameters checked against exact search; or --exact."""
 
     def body():
+        from retrievers.indexing import count_rows
+
+        count_rows(corpus)  # bad input fails before a model is fetched or a folder touched
         check_index_target(index_dir, overwrite)
-        records = read_records(corpus)
-        build_index(fetch(model), records, corpus, index_dir)
+        build_index(fetch(model), corpus, index_dir, exact=exact, shard_size=shard_size, processes=processes)
 
     _run(body)
 
@@ -92,6 +98,7 @@ def search(
     queries: Annotated[Path | None, typer.Option(help="jsonl or parquet file of queries with id and text")] = None,
     k: Annotated[int, typer.Option(min=1, help="results per query")] = 10,
     output: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+    exact: Annotated[bool, typer.Option(help="score every document instead of using the approximate index")] = False,
 ):
     """Search an index with query texts or a query file; print a table or JSON."""
 
@@ -101,7 +108,7 @@ def search(
         if bool(query) == bool(queries):
             raise CLIError("give query texts or --queries FILE (one of the two)")
         items = read_records(queries) if queries else [{"id": str(i), "text": t} for i, t in enumerate(query, 1)]
-        found = search_index(index_dir, items, k)
+        found = search_index(index_dir, items, k, exact)
         if output == "json":
             typer.echo(json.dumps(found, indent=2))
             return
@@ -110,6 +117,28 @@ def search(
             for rank, hit in enumerate(item["results"], 1):
                 table.add_row(item["query_id"] if rank == 1 else "", str(rank), hit["id"], f"{hit['score']:.4f}")
         Console().print(table)
+
+    _run(body)
+
+
+@app.command()
+def serve(
+    index_dir: Annotated[Path, typer.Argument(help="folder written by `retrievers index`")],
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="port to listen on")] = 8000,
+):
+    """Serve an index over HTTP: POST /search, GET /health, and a search page at /."""
+
+    def body():
+        from retrievers.indexing import Searcher
+        from retrievers.serve import create_app
+
+        searcher = Searcher(index_dir)  # a bad folder fails here, with one line, before the server starts
+        import uvicorn
+
+        typer.echo(f"serving {index_dir} ({searcher.kind}, {searcher.record['documents']:,} documents) on "
+                   f"http://{host}:{port}/", err=True)
+        uvicorn.run(create_app(index_dir, searcher), host=host, port=port, log_level="warning")
 
     _run(body)
 

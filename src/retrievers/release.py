@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+import retrievers
 from retrievers import models, paths, tracking
 from retrievers.config import ModelConfig, Params
 from retrievers.errors import ReleaseError
@@ -29,7 +30,8 @@ from retrievers.killpoints import kill_point
 
 logger = logging.getLogger(__name__)
 ALIAS = "candidate"
-RUNTIME_PACKAGES = ("torch", "transformers", "sentence-transformers", "pylate")
+RUNTIME_PACKAGES = ("torch", "transformers", "sentence-transformers", "pylate", "fast-plaid", "pyseismic-lsr",
+                    "mlflow", "pydantic", "pyyaml", "wrapt", "pandas")
 HUB_OWN_FILES = (".gitattributes",)  # created by the Hub with the repository, not part of a release
 
 
@@ -84,9 +86,12 @@ def verify_bundle(config: ModelConfig, trained: Path, bundle: Path) -> float:
 def _pyfunc_class():
     """Defined on call so that importing this module does not import mlflow."""
     import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import BAD_REQUEST
 
     class RetrieverModel(mlflow.pyfunc.PythonModel):
-        """Encode texts with a released retriever bundle (ColBERT token vectors or SPLADE sparse weights)."""
+        """Encode texts with a released retriever bundle: ColBERT token vectors (column ``embedding``) or SPLADE
+        term weights (column ``terms``), as queries unless the request's params say ``is_query: false``."""
 
         def load_context(self, context):
             bundle = Path(context.artifacts["bundle"])
@@ -95,16 +100,62 @@ def _pyfunc_class():
             self.model = self.kind.load(bundle)
 
         def predict(self, context, model_input, params=None):
-            texts = list(model_input.iloc[:, 0]) if hasattr(model_input, "iloc") else list(model_input)
-            return self.kind.predict(self.model, texts, params)
+            import pandas as pd
+
+            texts = list(model_input["text"]) if hasattr(model_input, "columns") else list(model_input)
+            bad = next((i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()), None)
+            if bad is not None:  # one line, no traceback: MLflow returns it as the response's message
+                raise MlflowException(f"row {bad}: 'text' must be a non-empty string", error_code=BAD_REQUEST)
+            return pd.DataFrame({self.kind.PYFUNC_OUTPUT: self.kind.predict(self.model, texts, params)})
 
     return RetrieverModel
 
 
+def pyfunc_signature(kind: str):
+    """Input: a ``text`` column of strings; params: ``is_query`` (default true); output: per text, the kind's
+    column (ColBERT's token vectors, SPLADE's term -> weight map)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
+
+    return ModelSignature(inputs=Schema([ColSpec(DataType.string, "text")]),
+                          outputs=Schema([models.kind_module(kind).pyfunc_output_spec()]),
+                          params=ParamSchema([ParamSpec("is_query", DataType.boolean, True)]))
+
+
+def pyfunc_requirements() -> list[str]:
+    """What the registered model needs where it is served: this package travels with the model as code
+    (``code_paths``; it is not on PyPI), and the libraries it runs on are pinned at their released versions."""
+    return [f"{name}=={metadata.version(name)}" for name in RUNTIME_PACKAGES]
+
+
+NEOBERT_CODE = "modeling_neobert.py"
+
+
+def add_neobert_code(folder: Path) -> bool:
+    """Make a NeoBERT model folder self-contained: copy the native modeling code in as remote code and point
+    config.json's ``auto_map`` to it, so that ``trust_remote_code=True`` loads it where this package is not
+    installed. With the package imported, the registered native class is used and the copy is not needed.
+    Returns False (and changes nothing) for other architectures."""
+    config_file = folder / "config.json"
+    config = json.loads(config_file.read_text()) if config_file.exists() else {}
+    if config.get("model_type") != "neobert":
+        return False
+    from retrievers.models import neobert  # plain Python source; importing it also imports transformers
+
+    shutil.copyfile(neobert.__file__, folder / NEOBERT_CODE)
+    module = Path(NEOBERT_CODE).stem
+    config["auto_map"] = {"AutoConfig": f"{module}.NeoBERTConfig", "AutoModel": f"{module}.NeoBERT",
+                          "AutoModelForMaskedLM": f"{module}.NeoBERTLMHead"}
+    write_json_atomic(config_file, config)
+    return True
+
+
 def assemble_bundle(model_key: str, config: ModelConfig, target: Path, gate_value: float) -> None:
-    """Copy the evaluated model, its card and metrics into ``target`` (atomically)."""
+    """Copy the evaluated model, its card and metrics into ``target`` (atomically); a NeoBERT model also gets
+    its modeling code (see ``add_neobert_code``)."""
     with atomic_dir(target) as scratch:
         shutil.copytree(paths.model_dir(model_key), scratch, dirs_exist_ok=True)
+        add_neobert_code(scratch)
         shutil.copy2(paths.card_file(model_key), scratch / "README.md")
         # The Hub reads eval results from .eval_results/ at the repository root, beside the card.
         eval_results = paths.eval_results_file(model_key)
@@ -135,7 +186,10 @@ def register(params: Params, model_key: str, bundle: Path) -> dict:
             name="retriever",
             python_model=_pyfunc_class()(),
             artifacts={"bundle": str(bundle)},
-            pip_requirements=[f"{name}=={metadata.version(name)}" for name in RUNTIME_PACKAGES],
+            signature=pyfunc_signature(config.kind),
+            code_paths=[str(Path(retrievers.__file__).parent)],
+            pip_requirements=pyfunc_requirements(),
+            metadata={"retrievers_version": retrievers.__version__, "kind": config.kind},
             registered_model_name=config.release.registered_model_name,
         )
         version = info.registered_model_version

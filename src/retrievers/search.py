@@ -8,6 +8,8 @@ models (both in :mod:`retrievers.models`). Corpora and query files are jsonl or 
 from __future__ import annotations
 
 import json
+import shutil
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -16,10 +18,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from retrievers import models
 from retrievers.errors import CLIError
-from retrievers.io import atomic_dir
+from retrievers.io import write_json_atomic
 
 console = Console(stderr=True)
-INDEX_RECORD = "retrievers-index.json"
+INDEX_RECORD = "retrievers-index.json"  # = retrievers.indexing.INDEX_RECORD
 BATCH = 32
 
 
@@ -31,33 +33,10 @@ def load(folder: Path) -> tuple[ModuleType, object]:
 
 
 def read_records(path: Path) -> list[dict]:
-    """[{'id', 'text'}] from a jsonl or parquet file."""
-    if not path.exists():
-        raise CLIError(f"{path}: no such file")
-    if path.suffix in (".jsonl", ".json"):
-        rows = []
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    raise CLIError(f"{path}:{number}: not a JSON object; each line must be one") from None
-    elif path.suffix == ".parquet":
-        import pyarrow.parquet as pq
+    """[{'id', 'text'}] from a jsonl or parquet file (a query or text file: small, read whole)."""
+    from retrievers.indexing import iter_batches
 
-        rows = pq.read_table(path).to_pylist()
-    else:
-        raise CLIError(f"{path}: unknown format {path.suffix!r}; give a .jsonl or .parquet file")
-    records = []
-    for number, row in enumerate(rows, 1):
-        key = "id" if isinstance(row, dict) and "id" in row else "_id"
-        if not isinstance(row, dict) or key not in row or "text" not in row:
-            raise CLIError(f"{path}: row {number} needs an 'id' (or '_id') and a 'text' field")
-        if not isinstance(row["text"], str):
-            raise CLIError(f"{path}: row {number} ({key} {row[key]!r}): 'text' is {type(row['text']).__name__}, "
-                           "not a string; fix or drop the row")
-        text = f"{row['title']} {row['text']}" if row.get("title") else row["text"]
-        records.append({"id": str(row[key]), "text": text})
+    records = [r for batch in iter_batches(path, 1024) for r in batch]
     if not records:
         raise CLIError(f"{path}: no records")
     return records
@@ -82,33 +61,102 @@ def check_index_target(index_dir: Path, overwrite: bool) -> None:
         return
     if not index_dir.is_dir():
         raise CLIError(f"{index_dir} exists and is not a folder; choose another index folder")
-    if any(index_dir.iterdir()) and not (index_dir / INDEX_RECORD).exists():
+    from retrievers.indexing import PROGRESS
+
+    ours = (index_dir / INDEX_RECORD).exists() or (index_dir / PROGRESS).exists()  # an index, or its interrupted run
+    if any(index_dir.iterdir()) and not ours:
         raise CLIError(f"{index_dir} is not empty and is not an index (no {INDEX_RECORD}); choose another folder "
                        "or pass --overwrite to replace it and everything in it")
 
 
-def build_index(folder: Path, records: list[dict], corpus: Path, index_dir: Path) -> int:
-    """Encode the ``records`` of ``corpus`` with the model in ``folder``; write their index into ``index_dir``
-    (replaced)."""
-    kind, loaded = load(folder)
-    embeddings = encode(kind, loaded, [r["text"] for r in records], False, "documents")
-    ids = [r["id"] for r in records]
-    with atomic_dir(index_dir) as scratch:  # built aside, then swapped in: a failed build leaves the old index
-        with console.status(f"building the {kind.INDEX_NAME} index"):
-            kind.build_index(scratch, ids, embeddings)
-        record = {"kind": kind.KIND, "model": str(folder.resolve()), "documents": len(ids), "corpus": str(corpus)}
-        (scratch / INDEX_RECORD).write_text(json.dumps(record, indent=2))
-    console.print(f"indexed {len(ids)} documents with {kind.KIND} into {index_dir}")
-    return len(ids)
+class _Progress:
+    """Encoding progress with rate and ETA: a live bar on a terminal, a line every few seconds otherwise."""
+
+    def __init__(self):
+        self.start, self.last, self.bar = time.perf_counter(), 0.0, None
+
+    def __enter__(self):
+        if console.is_terminal:
+            from rich.progress import TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("encoding passages"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console)
+            self.bar.__enter__()
+            self.task = self.bar.add_task("encoding", total=None, rate="")
+        return self
+
+    def __call__(self, done: int, resumed: int, total: int) -> None:
+        from retrievers.indexing import eta_text
+
+        seconds = time.perf_counter() - self.start
+        if self.bar is not None:
+            rate = f"{done / seconds:,.0f}/s" if seconds > 0 else ""
+            self.bar.update(self.task, completed=done + resumed, total=total, rate=rate)
+        elif seconds - self.last >= 5 or done + resumed == total:
+            self.last = seconds
+            note = f" ({resumed:,} from the interrupted run)" if resumed else ""
+            console.print(f"encoded {done + resumed:,}/{total:,} passages{note}: "
+                          f"{eta_text(done, total - resumed, seconds)}")
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
 
 
-def search_index(index_dir: Path, queries: list[dict], k: int) -> list[dict]:
+def build_index(folder: Path, corpus: Path, index_dir: Path, exact: bool = False, shard_size: int = 10_000,
+                processes: int = 0) -> dict:
+    """Encode ``corpus`` (streamed, in shards; an interrupted run of the same model, corpus and shard size
+    resumes) with the model in ``folder`` and build its index in ``index_dir`` (another index there is
+    replaced): the kind's approximate index with parameters checked against exact search, or none (``exact``)."""
+    from retrievers import indexing
+
+    indexing.count_rows(corpus)  # bad input fails before a model is loaded
+    folder = folder.resolve()
+    kind = models.for_folder(folder)
+    expected = {"kind": kind.KIND, "model": str(folder), "corpus": str(corpus.resolve()), "shard_size": shard_size,
+                "corpus_bytes": corpus.stat().st_size}
+    if indexing.resume_state(index_dir, expected):
+        console.print(f"resuming the interrupted run in {index_dir}")
+    else:
+        if index_dir.exists():
+            shutil.rmtree(index_dir)
+        index_dir.mkdir(parents=True)
+        write_json_atomic(index_dir / indexing.PROGRESS, expected)
+    (index_dir / INDEX_RECORD).unlink(missing_ok=True)
+    devices = indexing.default_devices() if processes == 0 else ["cpu"] * processes
+    loaded = load(folder)[1] if len(devices) == 1 else None
+    start = time.perf_counter()
+    with _Progress() as progress:
+        documents, sample = indexing.encode_corpus(index_dir, folder, kind.KIND, corpus, shard_size, devices,
+                                                   progress, model=loaded)
+    record = {"kind": kind.KIND, "model": str(folder), "documents": documents, "corpus": str(corpus),
+              "mode": "exact" if exact else "approximate", "encode_seconds": round(time.perf_counter() - start, 1),
+              "encoding_processes": devices}
+    indexing.remove_approximate(index_dir, kind.KIND)
+    if not exact:
+        loaded = loaded or load(folder)[1]
+        queries = indexing.encode_texts(kind.KIND, loaded, [indexing.pseudo_query(t) for t in sample], True)
+        ids = [f"calibration-{i}" for i in range(len(sample))]
+        console.print(f"choosing the {kind.INDEX_NAME} index parameters (top-10 recall vs exact search on "
+                      f"{len(sample)} pseudo-queries from the corpus):")
+        start = time.perf_counter()
+        record |= indexing.build_approximate(index_dir, kind.KIND, queries, ids, documents,
+                                             log=lambda line: console.print(line, highlight=False))
+        record["build_seconds"] = round(time.perf_counter() - start, 1)
+        console.print(f"chose build {json.dumps(record['build'])}, search {json.dumps(record['search'])}: "
+                      f"top-10 recall vs exact {record['calibration_recall@10']:.4f}", highlight=False)
+    write_json_atomic(index_dir / INDEX_RECORD, record)
+    (index_dir / indexing.PROGRESS).unlink()
+    console.print(f"indexed {documents:,} documents with {kind.KIND} ({record['mode']}) into {index_dir}")
+    return record
+
+
+def search_index(index_dir: Path, queries: list[dict], k: int, exact: bool = False) -> list[dict]:
     """[{'query_id', 'query', 'results': [{'id', 'score'}]}] best first."""
-    record_file = index_dir / INDEX_RECORD
-    if not record_file.exists():
-        raise CLIError(f"{index_dir} is not an index (no {INDEX_RECORD}); build one with `retrievers index`")
-    record = json.loads(record_file.read_text())
-    kind, loaded = load(Path(record["model"]))
-    encoded = encode(kind, loaded, [q["text"] for q in queries], True, "queries")
-    results = kind.search(index_dir, queries, encoded, k)
-    return [{"query_id": q["id"], "query": q["text"], "results": r} for q, r in zip(queries, results, strict=True)]
+    from retrievers.indexing import Searcher
+
+    with console.status(f"loading the index {index_dir} and its model"):
+        searcher = Searcher(index_dir)
+    results = searcher.search(queries, k, exact)
+    return [{"query_id": q["id"], "query": q["text"], "results": [{"id": d, "score": s} for d, s in r]}
+            for q, r in zip(queries, results, strict=True)]

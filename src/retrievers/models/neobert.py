@@ -15,6 +15,10 @@ Attention runs through ``torch.nn.functional.scaled_dot_product_attention`` with
 ``import retrievers`` registers the classes with the Auto classes for ``model_type: neobert``; published
 ``config.json`` files carry an ``auto_map`` to remote code, which is then not needed (transformers prefers a
 registered native class when ``trust_remote_code`` is off).
+
+This file imports nothing but torch and transformers: a release bundle carries a copy of it as
+``modeling_neobert.py`` with an ``auto_map`` pointing to it (``retrievers.release.add_neobert_code``), so the
+bundle loads with ``trust_remote_code=True`` where only sentence-transformers is installed.
 """
 
 from __future__ import annotations
@@ -220,4 +224,7 @@ def register() -> None:
     AutoModelForMaskedLM.register(NeoBERTConfig, NeoBERTLMHead, exist_ok=True)
 
 
-register()
+# Registered only as this package's module: a bundle's copy, loaded by transformers as remote code, is found
+# through the bundle's auto_map and must not take over model_type "neobert" for every later load.
+if __name__.split(".")[0] == "retrievers":
+    register()

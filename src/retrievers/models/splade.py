@@ -119,8 +119,21 @@ def encode_probe(model, texts: list[str]) -> list[np.ndarray]:
 
 
 def predict(model, texts: list[str], params: dict | None) -> list:
-    """The MLflow pyfunc's output: every (term, weight) of each text."""
-    return [model.decode(e, top_k=None) for e in model.encode(texts, show_progress_bar=False)]
+    """The MLflow pyfunc's output: every term and its weight, for each text encoded as a query unless
+    ``params['is_query']`` is false (then as a document)."""
+    method = model.encode_query if bool((params or {}).get("is_query", True)) else model.encode_document
+    return [dict(model.decode(e, top_k=None)) for e in method(texts, show_progress_bar=False)]
+
+PYFUNC_OUTPUT = "terms"
+
+
+def pyfunc_output_spec():
+    """The MLflow signature's output column: term -> weight per text."""
+    from mlflow.types import ColSpec, DataType
+    from mlflow.types.schema import Map
+
+    return ColSpec(Map(DataType.double), PYFUNC_OUTPUT)
+
 
 
 # ------------------------------------------------------------------------------------------- indexing
@@ -133,25 +146,78 @@ def _rows(matrix):
         yield row.indices.astype(str).astype(get_seismic_string()), row.data.astype(np.float32)
 
 
-def build_index(index_dir: Path, ids: list[str], embeddings) -> None:
+# A shard of the corpus (retrievers.indexing): the CSR arrays of its rows.
+def shard_arrays(encoded) -> dict[str, np.ndarray]:
+    return {"data": encoded.data.astype(np.float32), "indices": encoded.indices.astype(np.int32),
+            "indptr": encoded.indptr.astype(np.int64), "shape": np.array(encoded.shape, dtype=np.int64)}
+
+
+def shard_vectors(arrays):
+    from scipy import sparse
+
+    return sparse.csr_matrix((arrays["data"], arrays["indices"], arrays["indptr"]), shape=tuple(arrays["shape"]))
+
+
+def count(encoded) -> int:
+    return encoded.shape[0]
+
+
+def select(vectors, rows: list[int]):
+    return vectors[rows]
+
+
+def query_vectors(encoded, i: int):
+    return encoded[i]
+
+
+def exact_scores(queries, vectors) -> np.ndarray:
+    """Dot products [queries, documents] of the sparse vectors."""
+    return (queries @ vectors.T).toarray().astype(np.float32)
+
+
+RERANK_DEPTH = 0  # Seismic scores with the stored weights: nothing to rescore
+
+
+def build_index(index_dir: Path, shards, build: dict, search: dict) -> None:
+    """Seismic from the shards ((ids, vectors) pairs); Seismic holds the whole sparse collection while building."""
     from seismic import SeismicDataset, SeismicIndex
 
     dataset = SeismicDataset()
-    for doc_id, (terms, weights) in zip(ids, _rows(embeddings), strict=True):
-        dataset.add_document(doc_id, terms, weights)
-    SeismicIndex.build_from_dataset(dataset).save(str(index_dir / "seismic"))
+    for ids, vectors in shards:
+        for doc_id, (terms, weights) in zip(ids, _rows(vectors), strict=True):
+            dataset.add_document(str(doc_id), terms, weights)
+    SeismicIndex.build_from_dataset(dataset, **build).save(str(index_dir / "seismic"))
 
 
-def search(index_dir: Path, queries: list[dict], encoded, k: int) -> list[list[dict]]:
+def load_index(index_dir: Path, build: dict, search: dict):
     from seismic import SeismicIndex
 
-    seismic = SeismicIndex.load(str(index_dir / "seismic.index.seismic"))
+    return SeismicIndex.load(str(index_dir / "seismic.index.seismic"))
+
+
+def search_index(index, encoded, query_ids: list[str], k: int, search: dict) -> list[list[tuple[str, float]]]:
     results = []
-    for query, (terms, weights) in zip(queries, _rows(encoded), strict=True):
-        # query_cut = every query term and heap_factor 1: no query pruning, no early stop on the summaries
-        hits = seismic.search(query["id"], terms, weights, k=k, query_cut=max(len(terms), 1), heap_factor=1.0)
-        results.append([{"id": doc_id, "score": float(score)} for _, score, doc_id in hits])
+    for query_id, (terms, weights) in zip(query_ids, _rows(encoded), strict=True):
+        cut = max(len(terms), 1) if search["query_cut"] == "all" else int(search["query_cut"])
+        hits = index.search(str(query_id), terms, weights, k=k, query_cut=cut, heap_factor=float(search["heap_factor"]))
+        results.append([(doc_id, float(score)) for _, score, doc_id in hits])
     return results
+
+
+def index_files(index_dir: Path) -> list[Path]:
+    return list(index_dir.glob("seismic*"))
+
+
+def candidate_settings(documents: int) -> list[tuple[dict, dict]]:
+    """(build, search) Seismic settings, cheapest first. Seismic's defaults (n_postings 3500, summary_energy 0.4,
+    centroid_fraction 0.1, query_cut 10, heap_factor 0.7) are tuned for MS MARCO's 8.8M passages of real SPLADE
+    vectors. Here every query term is used, posting lists keep at least a tenth of the corpus, and the later
+    settings keep whole posting lists and exact block summaries."""
+    pruned = {"n_postings": max(3500, documents // 10), "centroid_fraction": 0.1, "summary_energy": 0.4,
+              "max_fraction": 1.5}
+    whole = {"n_postings": max(3500, documents), "centroid_fraction": 0.5, "summary_energy": 1.0, "max_fraction": 1.5}
+    return [(pruned, {"query_cut": "all", "heap_factor": 0.6}), (whole, {"query_cut": "all", "heap_factor": 0.6}),
+            (whole, {"query_cut": "all", "heap_factor": 0.4})]
 
 
 # ----------------------------------------------------------------------------------------- evaluation

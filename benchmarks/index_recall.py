@@ -1,0 +1,114 @@
+"""Top-10 recall of `retrievers index`'s approximate index against exact (exhaustive) search, with build and
+query times: on the fixture's three evaluation sets and on a synthetic corpus.
+
+    python benchmarks/index_recall.py MODEL [MODEL ...] --workdir build/bench-recall [--passages 100000]
+
+MODEL is a model folder (e.g. build/smoke/releases/neobert-splade). The synthetic corpus recombines the
+fixture's document words (20 to 40 words a passage, seeded); its queries are three to five words of a random
+passage, so each has an obvious answer. Each index is built by the command line (`retrievers index`, which
+chooses its parameters on pseudo-queries and prints them); the benchmark then runs the real queries both ways.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+REPO = Path(__file__).resolve().parents[1]
+SETS = ("tiny-NanoMSMARCO", "tiny-NanoSciFact", "tiny-NanoNFCorpus")
+
+
+def synthetic(workdir: Path, passages: int, queries: int, seed: int = 0) -> tuple[Path, list[dict]]:
+    corpus = workdir / f"synthetic-{passages}.jsonl"
+    rng = np.random.default_rng(seed)
+    words = np.array([w for name in SETS for row in pq.read_table(
+        next((REPO / "fixtures" / "datasets" / name / "corpus").glob("*.parquet"))).to_pylist()
+        for w in row["text"].split()])
+    if not corpus.exists():
+        tmp = corpus.with_suffix(".tmp")
+        with tmp.open("w") as out:
+            for i in range(passages):
+                text = " ".join(rng.choice(words, size=rng.integers(20, 41)))
+                out.write(json.dumps({"id": f"p{i}", "text": text}) + "\n")
+        os.replace(tmp, corpus)
+    picks = np.random.default_rng(seed + 1).choice(passages, size=queries, replace=False)
+    wanted = set(int(p) for p in picks)
+    texts = {}
+    with corpus.open() as lines:
+        for i, line in enumerate(lines):
+            if i in wanted:
+                texts[i] = json.loads(line)["text"].split()
+    qrng = np.random.default_rng(seed + 2)
+    return corpus, [{"id": f"q{n}", "text": " ".join(qrng.choice(texts[int(p)], size=qrng.integers(3, 6),
+                                                                  replace=False))} for n, p in enumerate(picks)]
+
+
+def fixture_set(name: str) -> tuple[Path, list[dict]]:  # every set's corpus file has the same name
+    root = REPO / "fixtures" / "datasets" / name
+    queries = pq.read_table(next((root / "queries").glob("*.parquet"))).to_pylist()
+    return next((root / "corpus").glob("*.parquet")), [{"id": q["_id"], "text": q["text"]} for q in queries]
+
+
+def measure(model: Path, corpus: Path, queries: list[dict], index_dir: Path) -> dict:
+    from retrievers import indexing
+    from retrievers.cli import load, search_index
+
+    start = time.perf_counter()
+    if not (index_dir / indexing.INDEX_RECORD).exists():  # an index an earlier run finished is measured again
+        subprocess.run([str(Path(sys.executable).parent / "retrievers"), "index", str(model), str(corpus),
+                        str(index_dir)], check=True)
+    index_seconds = time.perf_counter() - start
+    record = json.loads((index_dir / indexing.INDEX_RECORD).read_text())
+    load(model)  # warm: the timings below are the searches, not the model load
+    timings, found = {}, {}
+    for mode in ("approximate", "exact"):
+        start = time.perf_counter()
+        found[mode] = [[(h["id"], h["score"]) for h in r["results"]]
+                       for r in search_index(index_dir, queries, 10, exact=mode == "exact")]
+        timings[mode] = (time.perf_counter() - start) / len(queries) * 1000
+    return {"corpus": corpus.name, "documents": record["documents"], "queries": len(queries),
+            "recall@10": round(indexing.recall_at(found["approximate"], found["exact"], 10), 4),
+            "top1_agrees": round(float(np.mean([bool(a) and bool(e) and a[0][0] == e[0][0]
+                                                for a, e in zip(found["approximate"], found["exact"],
+                                                                strict=True)])), 4),
+            "build": record["build"], "search": record["search"],
+            "calibration_recall@10": record["calibration_recall@10"],
+            "index_command_seconds": round(index_seconds, 1), "encode_seconds": record["encode_seconds"],
+            "build_and_calibrate_seconds": record["build_seconds"],
+            "approximate_ms_per_query": round(timings["approximate"], 2),
+            "exact_ms_per_query": round(timings["exact"], 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="+", type=Path)
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--passages", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--skip-fixture", action="store_true")
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    cases = [] if args.skip_fixture else [fixture_set(name) for name in SETS]
+    if args.passages:
+        cases.append(synthetic(args.workdir, args.passages, args.queries))
+    rows = []
+    for model in args.models:
+        for corpus, queries in cases:
+            name = corpus.parent.parent.name if corpus.suffix == ".parquet" else corpus.stem
+            index_dir = args.workdir / f"{model.name}-{name}"
+            row = {"model": model.name, "set": name} | measure(model, corpus, queries, index_dir)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    (args.workdir / "results.json").write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""`retrievers index` on a large synthetic corpus: wall time, passages/s, peak RSS over time, and a kill at about
+half way followed by a resume that must end with the index an uninterrupted run builds.
+
+    nice -n 10 python benchmarks/index_stream.py MODEL --workdir build/bench-stream --passages 1000000 [--exact]
+
+Runs (1) an uninterrupted `retrievers index` and (2) a second one killed (SIGKILL) once half of its shards exist,
+then (3) the same command again, which resumes. Peak RSS is sampled every second over the command's whole
+process tree (/proc). Prints one JSON line per run and compares the two indexes' shards and record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = ("the of and a in to is was for on as with by at from that which river city music team school "
+         "history science water energy market health language film county station album species").split()
+
+
+def corpus(workdir: Path, passages: int) -> Path:
+    path = workdir / f"passages-{passages}.jsonl"
+    if path.exists():
+        return path
+    rng = np.random.default_rng(0)
+    vocabulary = np.array(WORDS + [f"w{i}" for i in range(2000)])
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w") as out:
+        for start in range(0, passages, 10_000):
+            lengths = rng.integers(20, 60, size=min(10_000, passages - start))
+            for i, n in enumerate(lengths, start):
+                out.write(json.dumps({"id": f"p{i}", "text": " ".join(rng.choice(vocabulary, size=n))}) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def tree_rss_kib(pid: int) -> int:
+    """Resident memory of a process and its descendants (KiB)."""
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            total += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+            todo += [int(c) for c in children]
+        except (FileNotFoundError, StopIteration, ProcessLookupError):
+            continue
+    return total
+
+
+def run(args: list[str], kill_at_shards: int | None, index_dir: Path) -> dict:
+    start = time.perf_counter()
+    process = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    peak, samples = 0, []
+    while process.poll() is None:
+        rss = tree_rss_kib(process.pid)
+        peak = max(peak, rss)
+        samples.append((round(time.perf_counter() - start), rss // 1024))
+        if kill_at_shards is not None and len(list((index_dir / "shards").glob("[0-9]*.npz"))) >= kill_at_shards:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            break
+        time.sleep(1)
+    stderr = process.stderr.read() if process.stderr else ""
+    return {"seconds": round(time.perf_counter() - start, 1), "returncode": process.returncode,
+            "peak_rss_mib": peak // 1024, "rss_mib_every_minute": samples[::60],
+            "last_lines": stderr.strip().splitlines()[-4:]}
+
+
+def same_index(a: Path, b: Path) -> bool:
+    names = sorted(p.name for p in (a / "shards").glob("*.npz"))
+    if names != sorted(p.name for p in (b / "shards").glob("*.npz")):
+        return False
+    for name in names:
+        with np.load(a / "shards" / name) as x, np.load(b / "shards" / name) as y:
+            if x.files != y.files or any(not np.array_equal(x[k], y[k]) for k in x.files):
+                return False
+    keys = ("documents", "build", "search", "mode")
+    ra, rb = (json.loads((d / "retrievers-index.json").read_text()) for d in (a, b))
+    return all(ra.get(k) == rb.get(k) for k in keys)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", type=Path)
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--passages", type=int, default=1_000_000)
+    parser.add_argument("--shard-size", type=int, default=10_000)
+    parser.add_argument("--processes", type=int, default=0)
+    parser.add_argument("--exact", action="store_true", help="skip the approximate index (encoding only)")
+    parser.add_argument("--skip-uninterrupted", action="store_true")
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    data = corpus(args.workdir, args.passages)
+    cli = [str(Path(sys.executable).parent / "retrievers"), "index", str(args.model), str(data)]
+    options = ["--shard-size", str(args.shard_size), "--processes", str(args.processes)] + (
+        ["--exact"] if args.exact else [])
+    results = {}
+    if not args.skip_uninterrupted:
+        results["uninterrupted"] = run([*cli, str(args.workdir / "whole"), *options], None, args.workdir / "whole")
+        results["uninterrupted"]["passages_per_second"] = round(args.passages / results["uninterrupted"]["seconds"], 1)
+        print(json.dumps({"run": "uninterrupted", **results["uninterrupted"]}), flush=True)
+    half = -(-args.passages // args.shard_size) // 2
+    resumed_dir = args.workdir / "resumed"
+    results["killed"] = run([*cli, str(resumed_dir), *options], half, resumed_dir)
+    print(json.dumps({"run": "killed", **results["killed"]}), flush=True)
+    results["resumed"] = run([*cli, str(resumed_dir), *options], None, resumed_dir)
+    print(json.dumps({"run": "resumed", **results["resumed"]}), flush=True)
+    if not args.skip_uninterrupted:
+        results["same_index"] = same_index(args.workdir / "whole", resumed_dir)
+        print(json.dumps({"same_index": results["same_index"]}), flush=True)
+    (args.workdir / "results.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
