@@ -8,7 +8,7 @@ checkpoint saving and MLflow run), with the published arguments except what a re
 * on a machine without CUDA: bf16 autocast on the CPU (``use_cpu``) where the phase asks for fp16 or bf16 (the
   trainer has no fp16 autocast on CPU), and ``torch_compile`` off unless ``--compile``.
 
-The base models are built with random weights from the published configs in ``fixtures/full-size/<source>.json``
+The base models are built with random weights from the published configs in ``tools/full-size/<source>.json``
 (ModernBERT-base, NeoBERT 28 x 768) with synthetic WordPiece tokenizers of the published vocabulary sizes; the
 datasets are synthetic text in the Hub layouts the download stage produces, long enough to reach the published
 sequence lengths (``--short-texts``: a few words, for CI). Each phase is a fresh process, so its peak memory is
@@ -41,7 +41,7 @@ import yaml
 from retrievers.config import Params, SpladePhase, XTRContrastivePhase, XTRDistillationPhase, load_params
 
 REPO = Path(__file__).resolve().parents[1]
-FULL_SIZE = REPO / "fixtures" / "full-size"
+FULL_SIZE = REPO / "tools" / "full-size"
 RESULT_PREFIX = "REHEARSAL-RESULT "
 
 
