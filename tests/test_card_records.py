@@ -29,9 +29,10 @@ def workspace(tmp_path, monkeypatch):
     phase = raw["phases"][PHASE]
     phase["loss"] = "margin-mse"
     phase["query_regularizer_weight"], phase["document_regularizer_weight"] = 1e-4, 2e-4
-    phase["args"] |= {"max_steps": 2, "per_device_train_batch_size": 4, "logging_steps": 1, "save_steps": 100}
+    phase["args"] |= {"max_steps": 2, "per_device_train_batch_size": 4, "logging_steps": 1, "save_steps": 100,
+                      "eval_steps": 100}
     params = parse_params(raw)
-    for folder in (phase["init"], phase["data"]):
+    for folder in (phase["init"], phase["data"], phase["eval_data"]):
         key = folder.partition("/")[2]
         (tmp_path / "data").mkdir(exist_ok=True)
         os.symlink(REPO / params.sources[key].local.path, tmp_path / folder)

@@ -55,7 +55,8 @@ def check_phase_inputs(phase: PhaseBase, phase_key: str) -> None:
         if value not in names:
             raise InputError(f"params.yaml: phases.{phase_key}.args.{key}: unknown {value!r}; use one of "
                              f"{', '.join(names[:12])}{', ...' if len(names) > 12 else ''}")
-    for folder in (Path(phase.init), Path(phase.data)):
+    folders = [phase.init, phase.data] + ([phase.eval_data] if phase.eval_data else [])
+    for folder in map(Path, folders):
         if not folder.exists():
             raise MissingInputError(f"{folder} does not exist; run `dvc repro` so its stage produces it first")
     init = Path(phase.init)
