@@ -24,9 +24,13 @@ def ddp_workspace(tmp_path_factory):
     run([sys.executable, "-m", "retrievers.profile", "smoke", str(workspace)], cwd=REPO)
     params = yaml.safe_load((workspace / "params.yaml").read_text())
     for phase in PHASES:
-        params["phases"][phase] |= {"nproc_per_node": 2, "max_train_samples": SAMPLES}
+        held_out = params["phases"][phase].get("eval_samples", 0) and PER_DEVICE_BATCH  # SPLADE splits these off
+        params["phases"][phase] |= {"nproc_per_node": 2, "max_train_samples": SAMPLES + held_out}
+        if held_out:
+            params["phases"][phase]["eval_samples"] = held_out
         params["phases"][phase]["args"] |= {"per_device_train_batch_size": PER_DEVICE_BATCH, "max_steps": -1,
-                                            "num_train_epochs": 1, "logging_steps": 1, "save_steps": 1000}
+                                            "num_train_epochs": 1, "logging_steps": 1, "save_steps": 1000,
+                                            "eval_steps": 1000}
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     uri = f"sqlite:///{workspace}/mlflow.db"
     run(["dvc", "repro", *(f"train@{phase}" for phase in PHASES)], cwd=workspace, env={"MLFLOW_TRACKING_URI": uri})

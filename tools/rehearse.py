@@ -156,7 +156,10 @@ def write_sources(params: Params, data: Path, rows: dict[str, int], short_texts:
     def sampler_for(phase) -> TextSampler:
         words = [w for w in AutoTokenizer.from_pretrained(data / base_model(phase)).get_vocab() if w.startswith("w")]
         if short_texts:
-            return TextSampler(words, 6, 20)
+            # Documents of 140 words: XTR keeps each query token's top k_train (256) document tokens of the batch,
+            # and with the fast path's documents padded to the longest, batch 1's two documents must hold that many
+            # (PyLate's own collator pads to document_length; the published batches hold thousands of tokens).
+            return TextSampler(words, 6, 140)
         length = phase.splade.max_seq_length if isinstance(phase, SpladePhase) else phase.colbert.document_length
         query = phase.colbert.query_length if not isinstance(phase, SpladePhase) else 32
         return TextSampler(words, query + 8, length + 64)  # longer than the limits: truncation is exercised
@@ -208,7 +211,7 @@ def rehearsal_params(raw: dict[str, Any], steps: int, batch_size: int, cuda: boo
     for phase in raw["phases"].values():
         args = phase["args"]
         args.update(per_device_train_batch_size=batch_size, max_steps=steps, logging_steps=1)
-        if not any(k.startswith("eval") for k in args):
+        if args.get("eval_strategy", "no") == "no":  # a phase that evaluates saves at its eval steps
             args["save_steps"] = steps
         if not cuda:
             if args.get("fp16") or args.get("bf16"):

@@ -19,7 +19,11 @@ def contrastive_trainer(phase: XTRContrastivePhase, init: Path, data: Path, args
     train = load_split(data, "default", "train")  # the files DVC hashed
     check_triplets(train.data.table, f"{data} (triplets)")
     train = train.select_columns(["query", "positive", "negative"])
-    model = build_colbert(init, phase.colbert, speed=phase.speed)
+    speed = phase.speed
+    if phase.gather_across_devices and phase.nproc_per_node > 1 and speed.documents_to_longest:
+        # Gathering the documents of every rank needs one width on all of them: PyLate's document_length.
+        speed = speed.model_copy(update={"documents_to_longest": False})
+    model = build_colbert(init, phase.colbert, speed=speed)
     if phase.max_train_samples is not None:
         train = train.select(range(min(phase.max_train_samples, len(train))))
     loss = losses.Contrastive(
