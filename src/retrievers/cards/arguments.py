@@ -23,16 +23,3 @@ def trainer_hyperparameters(params: Params, phase_key: str) -> dict[str, Any]:
     values = trainer_arguments(cls, cpu_safe, Path("/tmp/compare"), params.seed).to_dict()
     return values | {"fp16": phase.args.fp16, "bf16": phase.args.bf16}
 
-
-RUN_SPECIFIC = ("output_dir", "logging_dir", "local_rank")
-
-
-def card_hyperparameters_of(params: Params, phase_key: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(non-default, all) trainer arguments of a phase, as the published cards list them: the real
-    TrainingArguments, compared with the class's defaults; run-specific folders and tokens left out."""
-    cls = models.for_phase(params.phases[phase_key]).training_arguments_class()
-    defaults = cls(output_dir="/tmp/compare").to_dict()
-    ours = {k: (v.value if hasattr(v, "value") else v) for k, v in trainer_hyperparameters(params, phase_key).items()
-            if k not in RUN_SPECIFIC and not k.endswith("token")}
-    defaults = {k: (v.value if hasattr(v, "value") else v) for k, v in defaults.items()}
-    return {k: v for k, v in ours.items() if k not in defaults or defaults[k] != v}, ours
