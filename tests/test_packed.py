@@ -113,10 +113,33 @@ def test_xtr_fast_path_loss_and_gradients_equal_the_stock_path(recipe):
         def make(model):
             return losses.Distillation(model=model, score_metric=scores.XTRKDScores(k=24))
     stock_batch = utils.ColBERTCollator(stock.tokenize)(rows)
-    fast_batch = PackedColBERTCollator(fast.tokenize)(rows)
+    fast_batch = PackedColBERTCollator(fast.tokenize, document_length=96, k_train=24)(rows)
     doc_key = "positive_input_ids" if recipe == "xtr-contrastive" else "documents_input_ids"
     assert stock_batch[doc_key].shape[1] == 96 > fast_batch[doc_key].shape[1]  # documents padded to the longest
     _assert_same_loss_and_gradients(stock, fast, make(stock), make(fast), stock_batch, fast_batch)
+
+
+def test_xtr_fast_path_with_fewer_document_tokens_than_k_train_keeps_the_stock_width():
+    """XTR's top-k over a batch with fewer scored document tokens than k_train also takes padding positions (and
+    torch.topk needs k_train positions): such batches keep PyLate's document_length, so the loss is the stock one."""
+    from pylate import losses, scores, utils
+
+    stock, fast = _colbert_pair()
+    rows = [{"query": q, "positive": p, "negative": n}
+            for q, p, n in zip(_texts(3, 2, 4, 10), _texts(3, 1, 3, 11), _texts(3, 1, 3, 12), strict=True)]
+    stock_batch = utils.ColBERTCollator(stock.tokenize)(rows)
+    collator = PackedColBERTCollator(fast.tokenize, document_length=96, k_train=64, skiplist=list(fast.skiplist))
+    fast_batch = collator(rows)
+    assert int(fast_batch["positive_attention_mask"].sum() + fast_batch["negative_attention_mask"].sum()) < 64
+    assert fast_batch["positive_input_ids"].shape[1] == 96
+    _assert_same_loss_and_gradients(stock, fast, *(losses.Contrastive(model=m, score_metric=scores.XTRScores(k=64),
+                                                                      temperature=0.05) for m in (stock, fast)),
+                                    stock_batch, fast_batch)
+    # With enough tokens the documents are padded to one past the longest.
+    long_rows = [{"query": r["query"], "positive": p, "negative": p} for r, p in zip(rows, _texts(3, 30, 40, 13),
+                                                                                     strict=True)]
+    batch = collator(long_rows)
+    assert batch["positive_input_ids"].shape[1] == int(batch["positive_attention_mask"].sum(1).max()) + 1
 
 
 def test_fast_models_save_what_the_stock_loaders_load_and_encode_alike(tmp_path):

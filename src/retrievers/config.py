@@ -192,6 +192,12 @@ class SpeedConfig(Strict):
         "tokens x vocabulary tensor (custom autograd function)")
     splade_chunk_tokens: int = Field(
         default=2048, ge=1, description="token positions whose vocabulary logits exist at once")
+    pretokenized: bool = Field(
+        default=False, description="KD recipes: tokenise the queries and documents tables once into a cache "
+        "(checkpoints/tokens) and collate batches by padding token ids (retrievers.data.tokens)")
+    scan_free_no_duplicates: bool = Field(
+        default=False, description="batch_sampler no_duplicates: the sentence-transformers sampler's batches "
+        "without its per-batch scan of the remaining rows (retrievers.sampling)")
 
 
 class PhaseBase(Strict):

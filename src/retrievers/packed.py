@@ -134,20 +134,51 @@ class PackedColBERT(_SavesAsStock, pylate_models.ColBERT):
         return input
 
 
+def document_width(ids: list[torch.Tensor], masks: list[torch.Tensor], document_length: int, k_train: int | None,
+                   skiplist: list[int]) -> int:
+    """The width the document columns of a batch are padded to under ``documents_to_longest``.
+
+    One more than their longest row, so every document keeps a padding position, as at PyLate's
+    ``document_length`` (XTR's masked maximum over a document's positions then sees the same 0 of an unretrieved
+    position). PyLate's own width when the batch has fewer scored tokens (attended, not in the skiplist) than
+    ``k_train``: XTR's top-k then also takes padding positions, and only the stock width gives the stock pool
+    (and ``torch.topk`` needs at least ``k_train`` positions)."""
+    longest = max(int(m.sum(1).max()) if m.numel() else 0 for m in masks)
+    if k_train is not None:
+        skip = torch.tensor(skiplist, dtype=ids[0].dtype) if skiplist else None
+        scored = sum(int((m.bool() & ~torch.isin(i, skip)).sum()) if skip is not None else int(m.sum())
+                     for i, m in zip(ids, masks, strict=True))
+        if scored < k_train:
+            return document_length
+    return min(document_length, longest + 1)
+
+
 class PackedColBERTCollator(ColBERTCollator):
     """PyLate's ColBERTCollator for a ``PackedColBERT``: document columns tokenized to their own longest row are
-    padded to the longest of all document columns, since the contrastive loss stacks positives and negatives."""
+    padded to ``document_width`` (one width for all of them, since the contrastive loss stacks positives and
+    negatives)."""
+
+    def __init__(self, tokenize_fn, document_length: int = 512, k_train: int | None = None,
+                 skiplist: list[int] | None = None, pad_id: int = 0, **kwargs):
+        super().__init__(tokenize_fn, **kwargs)
+        self.document_length, self.k_train, self.skiplist = document_length, k_train, list(skiplist or [])
+        self.pad_id = pad_id
 
     def __call__(self, features: list[dict]) -> dict:
         batch = super().__call__(features)
         columns = [key[: -len("_input_ids")] for key in batch
                    if key.endswith("_input_ids") and f"{key[: -len('_input_ids')]}_{DOCUMENT_LENGTHS}" in batch]
-        width = max((batch[f"{c}_input_ids"].shape[1] for c in columns), default=0)
+        if not columns:
+            return batch
+        width = document_width([batch[f"{c}_input_ids"] for c in columns],
+                               [batch[f"{c}_attention_mask"] for c in columns],
+                               self.document_length, self.k_train, self.skiplist)
         for column in columns:
             for key in TEXT_KEYS:
                 name = f"{column}_{key}"
                 if name in batch and batch[name].shape[1] < width:
-                    batch[name] = F.pad(batch[name], (0, width - batch[name].shape[1]), value=0)
+                    value = self.pad_id if key == "input_ids" else 0
+                    batch[name] = F.pad(batch[name], (0, width - batch[name].shape[1]), value=value)
         return batch
 
 
@@ -268,3 +299,43 @@ def with_speed(model, speed: SpeedConfig):
     """Give a Packed* model its phase's switches (an instance attribute; the class default is all off)."""
     model.speed = speed
     return model
+
+
+class PretokenizedKDCollator:
+    """The batch ``ColBERTCollator`` (or ``PackedColBERTCollator``) makes of KD rows, from token caches
+    (``retrievers.data.tokens``): rows hold positions ``{query: int, documents: [n_ways], scores}`` instead of texts
+    (``retrievers.data.kd.kd_training_dataset(..., texts=False)``). Queries are padded to ``query_length`` (PyLate's
+    query expansion; all attended when ``attend_to_expansion_tokens``), documents to ``document_length`` or, for
+    a ``PackedColBERT`` with ``documents_to_longest``, to ``document_width``."""
+
+    def __init__(self, model, queries, documents, k_train: int | None = None):
+        from retrievers.data.tokens import plan_for
+
+        self.model, self.queries, self.documents, self.k_train = model, queries, documents, k_train
+        module, tokenizer = model._first_module(), model.tokenizer
+        self.query_plan = plan_for(module, tokenizer, model.query_length, model.query_prefix_id)
+        self.document_plan = plan_for(module, tokenizer, model.document_length, model.document_prefix_id)
+        speed = getattr(model, "speed", None)
+        self.to_longest = isinstance(model, PackedColBERT) and bool(speed and speed.documents_to_longest)
+        self.mark_lengths = isinstance(model, PackedColBERT) and bool(
+            speed and (speed.length_buckets or speed.documents_to_longest))
+
+    def __call__(self, features: list[dict]) -> dict:
+        from retrievers.data.tokens import pad_rows
+
+        model = self.model
+        batch: dict = {"return_loss": True, "label": torch.tensor([row["scores"] for row in features])}
+        queries = pad_rows(self.queries, [row["query"] for row in features], self.query_plan,
+                           width=model.query_length, attend_all=model.attend_to_expansion_tokens)
+        rows = [p for row in features for p in row["documents"]]
+        width = model.document_length
+        if self.to_longest:
+            longest = pad_rows(self.documents, rows, self.document_plan)
+            width = document_width([longest["input_ids"]], [longest["attention_mask"]], model.document_length,
+                                   self.k_train, list(model.skiplist))
+        documents = pad_rows(self.documents, rows, self.document_plan, width=width)
+        if self.mark_lengths:
+            documents[DOCUMENT_LENGTHS] = documents["attention_mask"].sum(1)
+        batch |= {f"query_{k}": v for k, v in queries.items()}
+        batch |= {f"documents_{k}": v for k, v in documents.items()}
+        return batch

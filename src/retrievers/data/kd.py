@@ -105,8 +105,20 @@ class KDTransform:
         }
 
 
-def kd_training_dataset(tables: KDTables, n_ways: int, max_samples: int | None = None):
-    """A ``datasets.Dataset`` of position rows with a lazy text-fetching transform."""
+class KDPositionsTransform:
+    """``datasets`` transform: rows -> {query, documents, scores} with row positions where ``KDTransform`` puts
+    texts (for a collator that pads pre-tokenised ids, ``retrievers.packed.PretokenizedKDCollator``)."""
+
+    def __init__(self, n_ways: int):
+        self.n_ways = n_ways
+
+    def __call__(self, batch: dict) -> dict:
+        return {"query": batch["query_pos"], "documents": [row[: self.n_ways] for row in batch["document_pos"]],
+                "scores": [row[: self.n_ways] for row in batch["scores"]]}
+
+
+def kd_training_dataset(tables: KDTables, n_ways: int, max_samples: int | None = None, texts: bool = True):
+    """A ``datasets.Dataset`` of position rows with a lazy text-fetching transform (``texts=False``: positions)."""
     from datasets import Dataset
 
     train = tables.train.select(["query_pos", "document_pos", "scores"])
@@ -119,7 +131,7 @@ def kd_training_dataset(tables: KDTables, n_ways: int, max_samples: int | None =
     # An explicit fingerprint: without one, datasets hashes the table by pickling it, which reads the whole
     # memory-mapped table into RAM (2.5 GiB at a tenth of the published size).
     dataset = Dataset(train, fingerprint=f"kd-positions-{tables.fingerprint}-{train.num_rows}-{n_ways}")
-    dataset.set_transform(KDTransform(tables, n_ways))
+    dataset.set_transform(KDTransform(tables, n_ways) if texts else KDPositionsTransform(n_ways))
     return dataset
 
 

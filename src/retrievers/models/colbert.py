@@ -49,15 +49,33 @@ def build_colbert(init: Path, colbert: ColBERTConfig, device: str | None = None,
     return model if speed is None else with_speed(model, speed)
 
 
-def colbert_collator(model):
-    """PyLate's collator, or its packed variant (documents padded to the batch's longest) for a PackedColBERT."""
+def colbert_collator(model, k_train: int | None = None):
+    """PyLate's collator, or its packed variant (documents padded to the batch's longest, ``k_train`` for XTR's
+    top-k) for a PackedColBERT."""
     from pylate import utils
 
     from retrievers.packed import PackedColBERT, PackedColBERTCollator
 
     if isinstance(model, PackedColBERT) and model.speed.documents_to_longest:
-        return PackedColBERTCollator(model.tokenize)
+        return PackedColBERTCollator(model.tokenize, document_length=model.document_length, k_train=k_train,
+                                     skiplist=list(model.skiplist), pad_id=model.tokenizer.pad_token_id)
     return utils.ColBERTCollator(model.tokenize)
+
+
+def pretokenized_kd_collator(model, tables, k_train: int | None = None):
+    """The KD collator that pads token ids from caches of the KD tables' texts (built on first use); the same batch
+    as ``colbert_collator(model, k_train)`` makes of the texts."""
+    from retrievers.data.tokens import plan_for, token_cache
+    from retrievers.packed import PretokenizedKDCollator
+
+    module, tokenizer = model._first_module(), model.tokenizer
+    queries = token_cache(tables.queries, tokenizer,
+                          plan_for(module, tokenizer, model.query_length, model.query_prefix_id),
+                          tables.queries._fingerprint)
+    documents = token_cache(tables.documents, tokenizer,
+                            plan_for(module, tokenizer, model.document_length, model.document_prefix_id),
+                            tables.documents._fingerprint)
+    return PretokenizedKDCollator(model, queries, documents, k_train)
 
 
 def build(phase):

@@ -228,6 +228,37 @@ class KDTripletCollator(SparseEncoderDataCollator):
         return super().__call__(rows)
 
 
+@dataclass
+class PretokenizedKDTripletCollator(KDTripletCollator):
+    """``KDTripletCollator``'s batch from token caches of the KD tables (``retrievers.data.tokens``): the same draw
+    from the same RNG, then each column's ids padded to its longest, as ``SparseEncoderDataCollator`` pads the
+    texts it tokenises. Without prompts or a router mapping only (``splade_trainer`` checks)."""
+
+    queries: Any = None  # TokenCache
+    documents: Any = None  # TokenCache
+    plan: Any = None  # TokenPlan (the MLMTransformer's max_seq_length, no prefix)
+
+    def __call__(self, features: list[dict]) -> dict:
+        from retrievers.data.tokens import pad_rows
+
+        queries, positives, labels = [], [], []
+        negatives: list[list[int]] = [[] for _ in range(self.n_negatives)]
+        for row in features:
+            scores, documents = row["scores"], row["positions"]["documents"]
+            best, drawn = draw_positive_and_negatives(scores, self.rng, self.n_negatives)
+            queries.append(row["positions"]["query"])
+            positives.append(documents[best])
+            for slot, index in zip(negatives, drawn, strict=True):
+                slot.append(documents[index])
+            labels.append([float(scores[best])] + [float(scores[i]) for i in drawn])
+        batch: dict = {"label": torch.tensor(labels)}
+        columns = [("query", self.queries, queries), ("positive", self.documents, positives)]
+        columns += [(f"negative_{i}", self.documents, slot) for i, slot in enumerate(negatives, start=1)]
+        for name, cache, rows in columns:
+            batch |= {f"{name}_{key}": value for key, value in pad_rows(cache, rows, self.plan).items()}
+        return batch
+
+
 def epoch_callback(collator: KDTripletCollator, seed: int):
     """A TrainerCallback that reseeds the collator's RNG with seed + epoch at every epoch start (the script's
     ``RandomNegativesReseedCallback``: ``int(state.epoch or 0)``)."""
@@ -238,6 +269,21 @@ def epoch_callback(collator: KDTripletCollator, seed: int):
             collator.set_epoch_seed(seed + int(state.epoch or 0))
 
     return KDTripletEpochCallback()
+
+
+def pretokenized_collator(model, tables, arguments: dict) -> PretokenizedKDTripletCollator:
+    """A ``PretokenizedKDTripletCollator`` over caches of the KD tables (built on first use)."""
+    from retrievers.data.tokens import plan_for, token_cache
+    from retrievers.errors import ConfigError
+
+    if arguments["prompts"] or arguments["router_mapping"]:
+        raise ConfigError("speed.pretokenized: the pre-tokenised SPLADE collator takes no prompts or router_mapping; "
+                          "set speed.pretokenized: false in params.yaml")
+    module, tokenizer = model[0], model.tokenizer
+    plan = plan_for(module, tokenizer, module.max_seq_length, None)
+    queries = token_cache(tables.queries, tokenizer, plan, tables.queries._fingerprint)
+    documents = token_cache(tables.documents, tokenizer, plan, tables.documents._fingerprint)
+    return PretokenizedKDTripletCollator(**arguments, queries=queries, documents=documents, plan=plan)
 
 
 # -------------------------------------------------------------------------------------------------- loss
@@ -279,7 +325,7 @@ def splade_trainer(phase: SpladePhase, init: Path, data: Path, args, seed: int):
     schedule = SpladeRegularizerWeightSchedulerCallback(
         loss=loss, scheduler_type=phase.regularizer_schedule, warmup_ratio=phase.regularizer_warmup_ratio
     )
-    collator = KDTripletCollator(
+    collator_arguments: dict[str, Any] = dict(
         tokenize_fn=model.tokenize,
         tables=tables,
         n_negatives=phase.n_negatives,
@@ -288,6 +334,8 @@ def splade_trainer(phase: SpladePhase, init: Path, data: Path, args, seed: int):
         prompts=args.prompts,
         all_special_ids=set(model.tokenizer.all_special_ids),
     )
+    collator = (pretokenized_collator(model, tables, collator_arguments) if phase.speed.pretokenized
+                else KDTripletCollator(**collator_arguments))
     optimizer = build_optimizer(model, phase)
     scheduler = None  # None: the trainer builds args.lr_scheduler_type's
     if phase.lr_schedule is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from retrievers.config import XTRContrastivePhase, XTRDistillationPhase
-from retrievers.models.colbert import build_colbert, colbert_collator
+from retrievers.models.colbert import build_colbert, colbert_collator, pretokenized_kd_collator
 
 
 def contrastive_trainer(phase: XTRContrastivePhase, init: Path, data: Path, args):
@@ -16,6 +16,11 @@ def contrastive_trainer(phase: XTRContrastivePhase, init: Path, data: Path, args
     from retrievers.data.validate import check_triplets
     from retrievers.losses import register_temperature
 
+    if phase.speed.pretokenized:
+        from retrievers.errors import ConfigError
+
+        raise ConfigError("speed.pretokenized is for the KD recipes (token caches of the queries and documents "
+                          "tables); set it to false for the xtr-contrastive phase in params.yaml")
     train = load_split(data, "default", "train")  # the files DVC hashed
     check_triplets(train.data.table, f"{data} (triplets)")
     train = train.select_columns(["query", "positive", "negative"])
@@ -34,7 +39,7 @@ def contrastive_trainer(phase: XTRContrastivePhase, init: Path, data: Path, args
         gather_across_devices=phase.gather_across_devices,
     )
     trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=train, loss=loss, data_collator=colbert_collator(model)
+        model=model, args=args, train_dataset=train, loss=loss, data_collator=colbert_collator(model, phase.k_train)
     )
     return model, trainer
 
@@ -48,14 +53,16 @@ def distillation_trainer(phase: XTRDistillationPhase, init: Path, data: Path, ar
 
     tables = load_kd_tables(data, phase.teacher_scores)
     model = build_colbert(init, phase.colbert, speed=phase.speed)
-    train = kd_training_dataset(tables, phase.n_ways, phase.max_train_samples)
+    train = kd_training_dataset(tables, phase.n_ways, phase.max_train_samples, texts=not phase.speed.pretokenized)
     loss = TemperatureDistillation(
         model=model,
         score_metric=scores.XTRKDScores(k=phase.k_train),
         temperature=register_temperature(model, phase.temperature, phase.learnable_temperature),
         minmax_normalize_scores=phase.minmax_normalize_scores,
     )
-    trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=train, loss=loss, data_collator=colbert_collator(model)
-    )
+    if phase.speed.pretokenized:
+        collator = pretokenized_kd_collator(model, tables, phase.k_train)
+    else:
+        collator = colbert_collator(model, phase.k_train)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train, loss=loss, data_collator=collator)
     return model, trainer
