@@ -155,7 +155,7 @@ def write_corpus(root: Path, n_queries: int, n_ways: int, seed: int = 0) -> dict
     pq.write_table(pa.table(triplets), triplets_dir / "data" / "train-00000-of-00001.parquet")
     (triplets_dir / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n"
                                             "    path: data/train-00000-of-00001.parquet\n---\n")
-    return {"kd_dir": kd, "triplets_dir": triplets_dir,
+    return {"kd_dir": kd, "triplets_dir": triplets_dir, "n_texts": n_docs + n_queries,
             "kd": {"query": queries, "documents": [[docs[i] for i in ids] for ids in doc_ids], "scores": scores},
             "triplets": triplets, "splade": {"query": queries, "positive": positives, "negative": negatives}}
 
@@ -270,8 +270,9 @@ def run_one(recipe: str, path: str, device: str, small: bool, steps: int, warmup
     values = phase.args.model_dump()
     values["batch_sampler"] = BatchSamplers(values["batch_sampler"])
     args_cls = SparseEncoderTrainingArguments if recipe == "splade" else SentenceTransformerTrainingArguments
+    values["use_cpu"] = device == "cpu"
     args = args_cls(output_dir=str(tmp / "out"), seed=params.seed, report_to="none", save_strategy="no",
-                    disable_tqdm=True, use_cpu=device == "cpu", **values)
+                    disable_tqdm=True, **values)
     model, trainer = (build_stock if path == "stock" else build_ours)(recipe, phase, base, tmp, rows, args)
     speed = getattr(model, "speed", None)
     query_length = getattr(model, "query_length", None)
@@ -361,8 +362,13 @@ def build_ours(recipe: str, phase, base: Path, tmp: Path, rows: dict, args):
 
 
 # ------------------------------------------------------------------------------------------------ data path alone
-def run_data_only(recipe: str, device: str, small: bool, batches: int, workers: int | None) -> dict:
-    """Batches per second the project's DataLoader delivers (tokenised and collated, no model step)."""
+def run_data_only(recipe: str, device: str, small: bool, batches: int, workers: int | None,
+                  pretokenized: bool | None = None) -> dict:
+    """Batches per second the project's DataLoader delivers (sampled, tokenised or padded from the token cache, and
+    collated; no model step), next to what one H100 consumes at the GPU target step time.
+
+    ``pretokenized``: params.yaml's ``speed.pretokenized`` (None) or forced on/off. The one-off cache build is timed
+    apart (``cache_build_s`` for the corpus's texts) since it is not a per-batch cost."""
     size = size_profile(device, small) | {"xtr_layers": 1, "neo_layers": 1}
     from sentence_transformers import SentenceTransformerTrainingArguments
     from sentence_transformers.sparse_encoder import SparseEncoderTrainingArguments
@@ -376,24 +382,34 @@ def run_data_only(recipe: str, device: str, small: bool, batches: int, workers: 
     batch = {"xtr-contrastive": size["contrastive_batch"], "xtr-distillation": size["kd_batch"],
              "splade": size["splade_batch"]}[recipe]
     n_workers = phase.args.dataloader_num_workers if workers is None else workers
+    speed = phase.speed if pretokenized is None else phase.speed.model_copy(update={"pretokenized": pretokenized})
     phase = phase.model_copy(update={"args": phase.args.model_copy(update=dict(
-        per_device_train_batch_size=batch, dataloader_num_workers=n_workers, max_steps=batches)),
-        "max_train_samples": None})
+        per_device_train_batch_size=batch, dataloader_num_workers=n_workers, max_steps=batches,
+        dataloader_prefetch_factor=phase.args.dataloader_prefetch_factor if n_workers else None)),
+        "max_train_samples": None, "speed": speed})
     tmp = Path(tempfile.mkdtemp(prefix="data-throughput-"))
+    os.chdir(tmp)  # the token cache (checkpoints/tokens) lands in the scratch workspace
     write_base_model(recipe, size, tmp / "base")
     rows = write_corpus(tmp, batch * (batches + 4), size["n_ways"])
     values = phase.args.model_dump()
     values["batch_sampler"] = BatchSamplers(values["batch_sampler"])
     args_cls = SparseEncoderTrainingArguments if recipe == "splade" else SentenceTransformerTrainingArguments
-    args = args_cls(output_dir=str(tmp / "out"), seed=42, report_to="none", use_cpu=True, **values)
+    values["use_cpu"] = True
+    args = args_cls(output_dir=str(tmp / "out"), seed=42, report_to="none", **values)
+    built = time.perf_counter()
     _, trainer = build_ours(recipe, phase, tmp / "base", tmp, rows, args)
+    built = time.perf_counter() - built
     loader = iter(trainer.get_train_dataloader())
     next(loader)  # worker start-up is not per-batch cost
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(batches - 1):
         next(loader)
-    per_s = (batches - 1) / (time.perf_counter() - start)
-    out = dict(recipe=recipe, workers=n_workers, batch=batch, batches_per_s=round(per_s, 2))
+    elapsed = time.perf_counter() - start
+    per_s = (batches - 1) / elapsed
+    out = dict(recipe=recipe, workers=n_workers, batch=batch, pretokenized=speed.pretokenized,
+               batches_per_s=round(per_s, 2), main_process_cpu_s_per_batch=round(
+                   (time.process_time() - cpu) / (batches - 1), 4),
+               trainer_build_s=round(built, 2), corpus_texts=rows.get("n_texts"))
     if recipe in H100_STOCK_STEP_S:  # one optimizer step = accumulation micro-batches
         micro = size["splade_accumulation"] if recipe == "splade" else 1
         target_step = H100_STOCK_STEP_S[recipe] / GPU_TARGET_SPEEDUP[recipe]
@@ -460,8 +476,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="measured steps (default 3 on CPU, 20 on CUDA)")
     parser.add_argument("--warmup", type=int, default=None, help="unmeasured first steps (default 1 / 10)")
     parser.add_argument("--data-only", action="store_true", help="time the DataLoader alone (no model step)")
+    parser.add_argument("--batches", type=int, default=30, help="--data-only: batches timed")
     parser.add_argument("--encode", action="store_true", help="time document encoding (the evaluators' cost)")
     parser.add_argument("--workers", type=int, default=None, help="--data-only: DataLoader workers (default: params)")
+    parser.add_argument("--pretokenized", choices=["params", "on", "off", "both"], default="both",
+                        help="--data-only: speed.pretokenized as params.yaml sets it, forced, or both side by side")
     parser.add_argument("--n-ways", type=int, default=None, help="XTR distillation: documents per query (default 16)")
     parser.add_argument("--output", type=Path, default=None, help="write all results as JSON here")
     parser.add_argument("--worker", nargs=2, metavar=("RECIPE", "PATH"), help=argparse.SUPPRESS)
@@ -482,9 +501,11 @@ def main() -> None:
             results.append(run_encode("xtr-distillation" if recipe == "xtr" else recipe, a.device, a.small, 512))
             print(json.dumps(results[-1]), flush=True)
     elif a.data_only:
+        settings = {"params": [None], "on": [True], "off": [False], "both": [False, True]}[a.pretokenized]
         for recipe in a.recipes:
-            results.append(run_data_only(recipe, a.device, a.small, 30, a.workers))
-            print(json.dumps(results[-1]), flush=True)
+            for setting in settings if recipe != "xtr-contrastive" else [None]:
+                results.append(run_data_only(recipe, a.device, a.small, a.batches, a.workers, setting))
+                print(json.dumps(results[-1]), flush=True)
     else:
         print(f"# {size_profile(a.device, a.small)['name']}; {steps} measured steps after {warmup}", flush=True)
         for recipe in a.recipes:

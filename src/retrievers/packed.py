@@ -301,7 +301,7 @@ def with_speed(model, speed: SpeedConfig):
     return model
 
 
-class PretokenizedKDCollator:
+class PretokenizedKDCollator(ColBERTCollator):
     """The batch ``ColBERTCollator`` (or ``PackedColBERTCollator``) makes of KD rows, from token caches
     (``retrievers.data.tokens``): rows hold positions ``{query: int, documents: [n_ways], scores}`` instead of texts
     (``retrievers.data.kd.kd_training_dataset(..., texts=False)``). Queries are padded to ``query_length`` (PyLate's
@@ -311,6 +311,7 @@ class PretokenizedKDCollator:
     def __init__(self, model, queries, documents, k_train: int | None = None):
         from retrievers.data.tokens import plan_for
 
+        super().__init__(model.tokenize)  # the attributes the trainer reads (valid_label_columns, ...)
         self.model, self.queries, self.documents, self.k_train = model, queries, documents, k_train
         module, tokenizer = model._first_module(), model.tokenizer
         self.query_plan = plan_for(module, tokenizer, model.query_length, model.query_prefix_id)
@@ -320,7 +321,7 @@ class PretokenizedKDCollator:
         self.mark_lengths = isinstance(model, PackedColBERT) and bool(
             speed and (speed.length_buckets or speed.documents_to_longest))
 
-    def __call__(self, features: list[dict]) -> dict:
+    def __call__(self, features: list[dict]) -> dict:  # type: ignore[override]  # returns ColBERTCollator's batch
         from retrievers.data.tokens import pad_rows
 
         model = self.model

@@ -82,7 +82,7 @@ def run_phase(params: Params, phase_key: str, callbacks: Sequence = ()) -> Path 
         trainer.add_callback(callback)
     trainer.add_callback(step_kill_callback())
     trainer.add_callback(model_card_logs_callback(model))
-    sampling = EpochSeededBatchSampling(str(phase.args.batch_sampler))
+    sampling = EpochSeededBatchSampling(str(phase.args.batch_sampler), phase.speed.scan_free_no_duplicates)
     trainer.args.batch_sampler = sampling  # the trainer's own extension point: a batch-sampler factory
     trainer.add_callback(sampling.callback())
     from retrievers.losses import temperature_parameter

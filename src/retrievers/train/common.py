@@ -178,20 +178,24 @@ class EpochSeededBatchSampling:
     in a ``SkipBatchSampler`` that does not forward ``set_epoch``, so even ``NoDuplicatesBatchSampler`` would reseed
     a resumed epoch with epoch 0. Epoch 0's order equals the stock sampler's (the generator seeded with the seed)."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, scan_free: bool = False):
         self.kind = self.value = kind  # `value`: recorded (training_record.json, card) like the enum it stands for
+        self.scan_free = scan_free  # no_duplicates: retrievers.sampling's sampler (the same batches)
         self.samplers: list = []
 
     def __repr__(self) -> str:
         return self.kind
 
     def __getstate__(self) -> dict:  # the trainer pickles its args into each checkpoint: not the samplers
-        return {"kind": self.kind, "samplers": []}
+        return {"kind": self.kind, "scan_free": self.scan_free, "samplers": []}
 
     def __call__(self, dataset, **kwargs):
         from sentence_transformers.sampler import NoDuplicatesBatchSampler
 
-        sampler = (NoDuplicatesBatchSampler(dataset, **kwargs) if self.kind == "no_duplicates"
+        from retrievers.sampling import ScanFreeNoDuplicatesBatchSampler
+
+        no_duplicates = ScanFreeNoDuplicatesBatchSampler if self.scan_free else NoDuplicatesBatchSampler
+        sampler = (no_duplicates(dataset, **kwargs) if self.kind == "no_duplicates"
                    else _epoch_seeded_default(dataset, **kwargs))
         self.samplers.append(sampler)
         return sampler
