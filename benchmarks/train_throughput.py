@@ -234,6 +234,18 @@ def _rss_gib() -> float:
 
 
 # ------------------------------------------------------------------------------------------------ one run
+NO_EVALUATION = dict(eval_strategy="no", load_best_model_at_end=False, metric_for_best_model=None)
+
+
+def without_evaluation(recipe: str, phase, device: str):
+    """The phase without its held-out rows and in-training evaluation (the benchmark times training steps), and,
+    on CPU, with heavyball's updates eager (its torch.compile takes minutes here)."""
+    if recipe != "splade":
+        return phase
+    return phase.model_copy(update={"eval_samples": 0, "in_training_evaluation": None,
+                                    "heavyball_compile": phase.heavyball_compile and device == "cuda"})
+
+
 def run_one(recipe: str, path: str, device: str, small: bool, steps: int, warmup: int,
             n_ways: int | None = None) -> dict:
     import torch
@@ -253,11 +265,14 @@ def run_one(recipe: str, path: str, device: str, small: bool, steps: int, warmup
     accumulation = size["splade_accumulation"] if recipe == "splade" else 1
     total = warmup + steps
     arg_updates = dict(per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation, max_steps=total,
-                       logging_steps=10**6, save_steps=10**6, warmup_ratio=0.0)
+                       logging_steps=10**6, save_steps=10**6, warmup_ratio=0.0, **NO_EVALUATION)
+    phase = without_evaluation(recipe, phase, device)
     if not size["precision"]:
         arg_updates.update(fp16=False, bf16=False, torch_compile=False)
     if size["workers"] is not None:
         arg_updates["dataloader_num_workers"] = size["workers"]
+        if not size["workers"]:
+            arg_updates["dataloader_prefetch_factor"] = None
     updates: dict = {"args": phase.args.model_copy(update=arg_updates), "max_train_samples": None}
     if recipe == "xtr-distillation":
         updates["n_ways"] = size["n_ways"]
@@ -367,7 +382,8 @@ def run_data_only(recipe: str, device: str, small: bool, batches: int, workers: 
     """Batches per second the project's DataLoader delivers (sampled, tokenised or padded from the token cache, and
     collated; no model step), next to what one H100 consumes at the GPU target step time.
 
-    ``pretokenized``: params.yaml's ``speed.pretokenized`` (None) or forced on/off. The one-off cache build is timed
+    ``pretokenized``: params.yaml's ``speed.pretokenized`` and ``scan_free_no_duplicates`` (None) or both forced
+    on/off. The one-off cache build is timed
     apart (``cache_build_s`` for the corpus's texts) since it is not a per-batch cost."""
     size = size_profile(device, small) | {"xtr_layers": 1, "neo_layers": 1}
     from sentence_transformers import SentenceTransformerTrainingArguments
@@ -382,9 +398,11 @@ def run_data_only(recipe: str, device: str, small: bool, batches: int, workers: 
     batch = {"xtr-contrastive": size["contrastive_batch"], "xtr-distillation": size["kd_batch"],
              "splade": size["splade_batch"]}[recipe]
     n_workers = phase.args.dataloader_num_workers if workers is None else workers
-    speed = phase.speed if pretokenized is None else phase.speed.model_copy(update={"pretokenized": pretokenized})
+    phase = without_evaluation(recipe, phase, device)
+    speed = phase.speed if pretokenized is None else phase.speed.model_copy(
+        update={"pretokenized": pretokenized, "scan_free_no_duplicates": pretokenized})
     phase = phase.model_copy(update={"args": phase.args.model_copy(update=dict(
-        per_device_train_batch_size=batch, dataloader_num_workers=n_workers, max_steps=batches,
+        per_device_train_batch_size=batch, dataloader_num_workers=n_workers, max_steps=batches, **NO_EVALUATION,
         dataloader_prefetch_factor=phase.args.dataloader_prefetch_factor if n_workers else None)),
         "max_train_samples": None, "speed": speed})
     tmp = Path(tempfile.mkdtemp(prefix="data-throughput-"))
@@ -407,6 +425,7 @@ def run_data_only(recipe: str, device: str, small: bool, batches: int, workers: 
     elapsed = time.perf_counter() - start
     per_s = (batches - 1) / elapsed
     out = dict(recipe=recipe, workers=n_workers, batch=batch, pretokenized=speed.pretokenized,
+               scan_free_no_duplicates=speed.scan_free_no_duplicates, sampler=str(phase.args.batch_sampler),
                batches_per_s=round(per_s, 2), main_process_cpu_s_per_batch=round(
                    (time.process_time() - cpu) / (batches - 1), 4),
                trainer_build_s=round(built, 2), corpus_texts=rows.get("n_texts"))
