@@ -196,7 +196,7 @@ class _SpladeMaxPool(torch.autograd.Function):
             rows = max(1, chunk_tokens // max(length, 1))
             for start in range(0, batch, rows):
                 logits = F.linear(hidden[start : start + rows], weight, bias)
-                logits = logits.masked_fill(~mask[start : start + rows, :, None].bool(), 0.0)  # stock: logits * mask
+                logits.masked_fill_(~mask[start : start + rows, :, None].bool(), 0.0)  # stock: logits * mask
                 values, position = logits.max(dim=1)
                 first_row = torch.arange(start, start + values.shape[0], device=position.device)[:, None]
                 maxima.append(values)
