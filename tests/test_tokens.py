@@ -72,7 +72,7 @@ def test_pretokenized_colbert_kd_batches_equal_pylate_collator(tmp_path, monkeyp
     model = cls(model_name_or_path=str(TINY_MODERNBERT), embedding_size=16, query_length=12, document_length=48,
                 query_prefix=prefixes[0], document_prefix=prefixes[1], device="cpu")
     if packed:
-        with_speed(model, SpeedConfig(length_buckets=True, documents_to_longest=True))
+        with_speed(model, SpeedConfig.stock().model_copy(update={"length_buckets": True, "documents_to_longest": True}))
     k_train = 24
     # The fixture: the trainer's dataset with texts, and the one with positions, row for row.
     tables = load_kd_tables(KD, "train")
