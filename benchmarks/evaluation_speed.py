@@ -29,6 +29,12 @@ SETS = ["msmarco", "scifact", "nfcorpus"]
 BATCH = 64  # the smoke profile's evaluation batch size
 
 
+def _published():
+    from retrievers.config import load_params
+
+    return load_params(REPO / "params.yaml")
+
+
 def _timed(fn, repeats: int) -> tuple[dict, float, float]:
     best_wall = best_cpu = float("inf")
     result: dict = {}
@@ -43,22 +49,23 @@ def colbert(tmp: Path, repeats: int) -> dict:
     import pylate.evaluation.nano_beir_evaluator as pylate_nano
     from pylate.evaluation import NanoBEIREvaluator
 
-    from retrievers.config import ColBERTConfig, PyLateNanoBEIR
+    from retrievers.config import PyLateNanoBEIR
     from retrievers.models import colbert as kind
 
     sys.path.insert(0, str(REPO / "benchmarks"))
     from train_throughput import size_profile, write_base_model
 
     write_base_model("xtr-distillation", size_profile("cpu", small=True), tmp / "xtr")
-    model = kind.build_colbert(tmp / "xtr", ColBERTConfig(embedding_size=128, query_length=32, document_length=512))
+    model = kind.build_colbert(tmp / "xtr", _published().phases["modernbert-xtr"].colbert)
     root = tmp / "zeta"
     root.mkdir()
     for name in ("NanoMSMARCO", "NanoSciFact", "NanoNFCorpus"):
         (root / name).symlink_to(FIXTURES / f"tiny-{name}")
     evaluation = PyLateNanoBEIR(evaluator="pylate-nanobeir", data="unused", datasets=SETS, batch_size=BATCH)
     ours, ours_wall, ours_cpu = _timed(lambda: kind.evaluate(model, evaluation, root), repeats)
+    folders = {"msmarco": "NanoMSMARCO", "scifact": "NanoSciFact", "nfcorpus": "NanoNFCorpus"}
     for name in SETS:
-        pylate_nano.MAPPING_DATASET_NAME_TO_ID[name] = str(root / f"Nano{dict(msmarco='MSMARCO', scifact='SciFact', nfcorpus='NFCorpus')[name]}")
+        pylate_nano.MAPPING_DATASET_NAME_TO_ID[name] = str(root / folders[name])
     stock, stock_wall, stock_cpu = _timed(
         lambda: NanoBEIREvaluator(dataset_names=SETS, batch_size=BATCH, show_progress_bar=False)(model), repeats)
     return _row("colbert (PyLate NanoBEIREvaluator)", ours, stock, ours_wall, ours_cpu, stock_wall, stock_cpu)
@@ -67,14 +74,14 @@ def colbert(tmp: Path, repeats: int) -> dict:
 def splade(tmp: Path, repeats: int) -> dict:
     from sentence_transformers.sparse_encoder.evaluation import SparseNanoBEIREvaluator
 
-    from retrievers.config import SparseNanoBEIR, SpladeConfig
+    from retrievers.config import SparseNanoBEIR
     from retrievers.models import splade as kind
 
     sys.path.insert(0, str(REPO / "benchmarks"))
     from train_throughput import size_profile, write_base_model
 
     write_base_model("splade", size_profile("cpu", small=True), tmp / "neo")
-    model = kind.build_splade(tmp / "neo", SpladeConfig(max_seq_length=256))
+    model = kind.build_splade(tmp / "neo", _published().phases["neobert-splade"].splade)
     root = FIXTURES / "tiny-NanoBEIR-en"
     evaluation = SparseNanoBEIR(evaluator="sparse-nanobeir", data="unused", datasets=SETS, batch_size=BATCH)
     ours, ours_wall, ours_cpu = _timed(lambda: kind.evaluate(model, evaluation, root), repeats)

@@ -16,7 +16,7 @@ import torch
 from retrievers.config import SpeedConfig, SpladeConfig
 from retrievers.data.kd import kd_rows, kd_training_dataset, load_kd_tables
 
-from .conftest import REPO
+from .conftest import REPO, published
 
 KD = REPO / "fixtures" / "datasets" / "tiny-ms-marco-en-bge-gemma"
 TINY_MODERNBERT = REPO / "fixtures" / "models" / "tiny-modernbert"
@@ -101,7 +101,8 @@ def test_pretokenized_splade_batches_equal_the_sentence_transformers_collator(tm
     from retrievers.train.splade import KDTripletCollator, pretokenized_collator
 
     monkeypatch.chdir(tmp_path)
-    model = build_splade(TINY_NEOBERT, SpladeConfig(max_seq_length=40))
+    splade = SpladeConfig(**published("phases", "neobert-splade", "splade", max_seq_length=40))
+    model = build_splade(TINY_NEOBERT, splade)
     tables = load_kd_tables(KD, "train_unormalized")
     train, _ = kd_rows(tables, 8, seed=3)
     arguments = dict(tokenize_fn=model.tokenize, tables=tables, n_negatives=2, seed=5, router_mapping={},
