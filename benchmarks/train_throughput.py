@@ -288,7 +288,10 @@ def run_one(recipe: str, path: str, device: str, small: bool, steps: int, warmup
     values["use_cpu"] = device == "cpu"
     args = args_cls(output_dir=str(tmp / "out"), seed=params.seed, report_to="none", save_strategy="no",
                     disable_tqdm=True, **values)
-    model, trainer = (build_stock if path == "stock" else build_ours)(recipe, phase, base, tmp, rows, args)
+    if path == "ours":
+        model, trainer = build_ours(recipe, phase, base, tmp, rows, args)
+    else:
+        model, trainer = build_stock(recipe, phase, base, tmp, rows, args, recipe_optimizer=path == "stock-muon")
     speed = getattr(model, "speed", None)
     query_length = getattr(model, "query_length", None)
 
@@ -330,8 +333,11 @@ def run_one(recipe: str, path: str, device: str, small: bool, steps: int, warmup
     return out
 
 
-def build_stock(recipe: str, phase, base: Path, tmp: Path, rows: dict, args):
-    """The libraries as they are: no retrievers code on the model, collator, loss or optimizer."""
+def build_stock(recipe: str, phase, base: Path, tmp: Path, rows: dict, args, recipe_optimizer: bool = False):
+    """The libraries as they are: no retrievers code on the model, collator, loss or optimizer. SPLADE with
+    ``recipe_optimizer`` ("stock-muon"): the same, with the recipe's optimizer and schedule handed to the trainer as
+    the author's script does (heavyball ForeachMuon over every parameter, the WSD schedule), so the two paths
+    differ only in the fast paths."""
     from datasets import Dataset
 
     if recipe == "splade":
@@ -343,7 +349,16 @@ def build_stock(recipe: str, phase, base: Path, tmp: Path, rows: dict, args):
         model = SparseEncoder(modules=[mlm, SpladePooling(pooling_strategy="max")])
         loss = losses.SpladeLoss(model=model, loss=losses.SparseMultipleNegativesRankingLoss(model=model, scale=1.0),
                                  document_regularizer_weight=3e-4, query_regularizer_weight=3e-4)
+        optimizers: tuple = (None, None)
+        if recipe_optimizer:
+            from retrievers.train.splade import build_optimizer, total_optimizer_updates, wsd_scheduler
+
+            optimizer = build_optimizer(model, phase)
+            schedule = wsd_scheduler(optimizer, total_optimizer_updates(len(rows["splade"]["query"]), args),
+                                     phase.lr_schedule) if phase.lr_schedule is not None else None
+            optimizers = (optimizer, schedule)
         return model, SparseEncoderTrainer(model=model, args=args, train_dataset=Dataset.from_dict(rows["splade"]),
+                                           optimizers=optimizers,
                                            loss=loss)
     from pylate import losses, models, scores, utils
     from sentence_transformers import SentenceTransformerTrainer
@@ -528,7 +543,7 @@ def main() -> None:
     else:
         print(f"# {size_profile(a.device, a.small)['name']}; {steps} measured steps after {warmup}", flush=True)
         for recipe in a.recipes:
-            for path in ("stock", "ours"):
+            for path in ("stock", "stock-muon", "ours") if recipe == "splade" else ("stock", "ours"):
                 cmd = [sys.executable, __file__, "--worker", recipe, path, "--device", a.device,
                        "--steps", str(steps), "--warmup", str(warmup)] + (["--small"] if a.small else []) \
                     + (["--n-ways", str(a.n_ways)] if a.n_ways else [])
@@ -552,8 +567,11 @@ def print_table(results: list[dict]) -> None:
     for (recipe, path), r in by.items():
         print(f"| {recipe} | {path} | " + " | ".join(str(r.get(k)) for k in keys) + " |")
     for recipe in dict.fromkeys(r["recipe"] for r in results):
-        stock, ours = by.get((recipe, "stock")), by.get((recipe, "ours"))
-        if stock and ours:
+        for reference in ("stock", "stock-muon"):
+            stock, ours = by.get((recipe, reference)), by.get((recipe, "ours"))
+            if not (stock and ours):
+                continue
+            print(f"{recipe} vs {reference}: ", end="")
             print(f"{recipe}: ours/stock samples/s {ours['samples_per_s'] / stock['samples_per_s']:.2f}x "
                   f"(CPU time per step {stock['step_cpu_s'] / ours['step_cpu_s']:.2f}x), "
                   f"padding efficiency {stock['padding_efficiency']} -> {ours['padding_efficiency']}, "
