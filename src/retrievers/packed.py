@@ -321,7 +321,7 @@ class PretokenizedKDCollator(ColBERTCollator):
         self.mark_lengths = isinstance(model, PackedColBERT) and bool(
             speed and (speed.length_buckets or speed.documents_to_longest))
 
-    def __call__(self, features: list[dict]) -> dict:  # type: ignore[override]  # returns ColBERTCollator's batch
+    def __call__(self, features: list[dict]) -> dict:
         from retrievers.data.tokens import pad_rows
 
         model = self.model

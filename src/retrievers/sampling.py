@@ -30,7 +30,7 @@ def row_value_codes(dataset) -> np.ndarray:
         vocabulary_: dict[str, int] = {}
         return np.array([[vocabulary_.setdefault(str(v), len(vocabulary_)) for k, v in dataset[i].items()
                           if k not in EXCLUDED] for i in range(len(dataset))], dtype=np.int64).reshape(len(dataset), -1)
-    table = dataset.with_format(None).data.table  # type: ignore[union-attr]
+    table = dataset.with_format(None).data.table
     indices = getattr(dataset, "_indices", None)
     rows = np.arange(len(dataset)) if indices is None else indices.column(0).to_numpy()
     codes = np.zeros((len(rows), len(columns)), dtype=np.int64)

@@ -57,7 +57,7 @@ def colbert_collator(model, k_train: int | None = None):
     from retrievers.packed import PackedColBERT, PackedColBERTCollator
 
     if isinstance(model, PackedColBERT) and model.speed.documents_to_longest:
-        return PackedColBERTCollator(model.tokenize, document_length=model.document_length, k_train=k_train,
+        return PackedColBERTCollator(model.tokenize, document_length=model.document_length or 512, k_train=k_train,
                                      skiplist=list(model.skiplist), pad_id=model.tokenizer.pad_token_id)
     return utils.ColBERTCollator(model.tokenize)
 
