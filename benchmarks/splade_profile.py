@@ -25,6 +25,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--shapes", action="store_true", help="group the operator table by input shapes")
     a = parser.parse_args()
     import torch
     from sentence_transformers.sparse_encoder.data_collator import SparseEncoderDataCollator
@@ -63,19 +64,20 @@ def main() -> None:
         total.backward()
         times["backward"] += time.process_time() - t
         t = time.process_time()
-        optimizer.step()
-        optimizer.zero_grad()
+        with torch.profiler.record_function("optimizer"):
+            optimizer.step()
+            optimizer.zero_grad()
         times["optimizer"] += time.process_time() - t
 
     step({"forward": 0.0, "backward": 0.0, "optimizer": 0.0})  # warm-up
     times = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=a.shapes) as profile:
         for _ in range(a.steps):
             step(times)
     real = int(sum(f["attention_mask"].sum() for f in features))
     print(f"hidden {a.hidden}, batch {a.batch} triplets, {real} real tokens; process CPU s/step: "
           + ", ".join(f"{k} {v / a.steps:.3f}" for k, v in times.items()))
-    print(profile.key_averages().table(sort_by="self_cpu_time_total", row_limit=18))
+    print(profile.key_averages(group_by_input_shape=a.shapes).table(sort_by="self_cpu_time_total", row_limit=18))
 
 
 if __name__ == "__main__":
