@@ -8,8 +8,10 @@ input_ids, attention_mask and token_type_ids, equal labels."""
 
 from __future__ import annotations
 
+import pickle
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -108,6 +110,8 @@ def test_pretokenized_splade_batches_equal_the_sentence_transformers_collator(tm
     arguments = dict(tokenize_fn=model.tokenize, tables=tables, n_negatives=2, seed=5, router_mapping={},
                      prompts={}, all_special_ids=set(model.tokenizer.all_special_ids))
     stock, fast = KDTripletCollator(**arguments), pretokenized_collator(model, tables, arguments)
+    fast.documents = pickle.loads(pickle.dumps(fast.documents))  # as a spawned worker gets it: reopened, not copied
+    assert isinstance(fast.documents.ids, np.memmap)
     for epoch in range(2):  # the same draws, also after the epoch reseed
         stock.set_epoch_seed(epoch)
         fast.set_epoch_seed(epoch)

@@ -70,6 +70,12 @@ class TokenCache:
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
+    def __getstate__(self) -> dict:  # spawned dataloader workers reopen the files instead of copying the ids
+        return {"folder": self.folder}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["folder"])  # type: ignore[misc]
+
     def lengths(self, rows) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
         return self.offsets[rows + 1] - self.offsets[rows]
