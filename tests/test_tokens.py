@@ -62,14 +62,13 @@ def _kd_rows_synthetic(n_queries: int, n_documents: int, n_ways: int, seed: int)
 
 @pytest.mark.parametrize("prefixes", [("", ""), ("[Q] ", "[D] ")])
 @pytest.mark.parametrize("packed", [False, True])
-def test_pretokenized_colbert_kd_batches_equal_pylate_collator(tmp_path, monkeypatch, prefixes, packed):
+def test_pretokenized_colbert_kd_batches_equal_pylate_collator(tmp_path, prefixes, packed):
     from pylate import models
     from transformers import AutoTokenizer
 
     from retrievers.models.colbert import colbert_collator, pretokenized_kd_collator
     from retrievers.packed import PackedColBERT, with_speed
 
-    monkeypatch.chdir(tmp_path)  # the cache goes to checkpoints/tokens under the workspace
     cls = PackedColBERT if packed else models.ColBERT
     model = cls(model_name_or_path=str(TINY_MODERNBERT), embedding_size=16, query_length=12, document_length=48,
                 query_prefix=prefixes[0], document_prefix=prefixes[1], device="cpu")
@@ -80,14 +79,15 @@ def test_pretokenized_colbert_kd_batches_equal_pylate_collator(tmp_path, monkeyp
     tables = load_kd_tables(KD, "train")
     texts = kd_training_dataset(tables, 4, 16)
     positions = kd_training_dataset(tables, 4, 16, texts=False)
-    stock, fast = colbert_collator(model, k_train), pretokenized_kd_collator(model, tables, k_train)
+    stock = colbert_collator(model, k_train)
+    fast = pretokenized_kd_collator(model, tables, tmp_path / "tokens", k_train)
     for start in (0, 8):
         rows = list(range(start, start + 8))
         _assert_same_batch(stock([texts[i] for i in rows]), fast([positions[i] for i in rows]))
     # Synthetic MS MARCO-like texts, long passages truncated at document_length.
     vocabulary = [w for w in AutoTokenizer.from_pretrained(TINY_MODERNBERT).get_vocab() if w.isalpha()]
     synthetic = _synthetic_tables(vocabulary, 1)
-    fast = pretokenized_kd_collator(model, synthetic, k_train)
+    fast = pretokenized_kd_collator(model, synthetic, tmp_path / "tokens", k_train)
     for seed in range(3):
         rows = _kd_rows_synthetic(40, 300, 4, seed)
         as_texts = [{"query": synthetic.queries[r["query"]]["text"],
@@ -96,20 +96,19 @@ def test_pretokenized_colbert_kd_batches_equal_pylate_collator(tmp_path, monkeyp
         _assert_same_batch(stock(as_texts), fast(rows))
 
 
-def test_pretokenized_splade_batches_equal_the_sentence_transformers_collator(tmp_path, monkeypatch):
+def test_pretokenized_splade_batches_equal_the_sentence_transformers_collator(tmp_path):
     from transformers import AutoTokenizer
 
     from retrievers.models.splade import build_splade
     from retrievers.train.splade import KDTripletCollator, pretokenized_collator
 
-    monkeypatch.chdir(tmp_path)
     splade = SpladeConfig(**published("phases", "neobert-splade", "splade", max_seq_length=40))
     model = build_splade(TINY_NEOBERT, splade)
     tables = load_kd_tables(KD, "train_unormalized")
     train, _ = kd_rows(tables, 8, seed=3)
     arguments = dict(tokenize_fn=model.tokenize, tables=tables, n_negatives=2, seed=5, router_mapping={},
                      prompts={}, all_special_ids=set(model.tokenizer.all_special_ids))
-    stock, fast = KDTripletCollator(**arguments), pretokenized_collator(model, tables, arguments)
+    stock, fast = KDTripletCollator(**arguments), pretokenized_collator(model, tables, arguments, tmp_path / "tokens")
     fast.documents = pickle.loads(pickle.dumps(fast.documents))  # as a spawned worker gets it: reopened, not copied
     assert isinstance(fast.documents.ids, np.memmap)
     for epoch in range(2):  # the same draws, also after the epoch reseed
@@ -122,7 +121,7 @@ def test_pretokenized_splade_batches_equal_the_sentence_transformers_collator(tm
     vocabulary = [w for w in AutoTokenizer.from_pretrained(TINY_NEOBERT).get_vocab() if w.isalpha()]
     synthetic = _synthetic_tables(vocabulary, 2)
     stock = KDTripletCollator(**(arguments | {"tables": synthetic}))
-    fast = pretokenized_collator(model, synthetic, arguments | {"tables": synthetic})
+    fast = pretokenized_collator(model, synthetic, arguments | {"tables": synthetic}, tmp_path / "tokens")
     rng = random.Random(0)
     rows = [{"scores": [rng.random() for _ in range(6)],
              "positions": {"query": rng.randrange(40), "documents": rng.sample(range(300), 6)}} for _ in range(12)]

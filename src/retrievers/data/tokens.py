@@ -25,8 +25,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from retrievers import paths
-
 logger = logging.getLogger(__name__)
 FORMAT = 1  # bump when what the cache holds changes
 CHUNK = 8192  # texts per tokenizer call
@@ -119,14 +117,20 @@ def build_cache(folder: Path, text_column, tokenizer, plan: TokenPlan) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def token_cache(texts, tokenizer, plan: TokenPlan, fingerprint: str, root: Path | None = None) -> TokenCache:
+def token_cache(texts, tokenizer, plan: TokenPlan, fingerprint: str, root: Path) -> TokenCache:
     """The cache of ``texts`` (a ``datasets.Dataset`` with a ``text`` column whose content ``fingerprint`` names),
-    built on first use."""
-    folder = (root or paths.CHECKPOINTS / "tokens") / plan.key(tokenizer, fingerprint)
+    built on first use in ``root`` (``cache_root``)."""
+    folder = root / plan.key(tokenizer, fingerprint)
     if not (folder / "offsets.npy").exists():
         logger.info("pre-tokenising %d texts into %s", len(texts), folder)
         build_cache(folder, texts.data.table.column("text"), tokenizer, plan)
     return TokenCache(folder)
+
+
+def cache_root(output_dir) -> Path:
+    """Where the token caches live: ``tokens`` beside the phase's checkpoint folder (``<workspace>/checkpoints``),
+    shared by the phases, outside the DVC outputs."""
+    return Path(output_dir).parent / "tokens"
 
 
 def pad_rows(cache: TokenCache, rows, plan: TokenPlan, width: int | None = None,

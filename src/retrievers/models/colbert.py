@@ -62,25 +62,25 @@ def colbert_collator(model, k_train: int | None = None):
     return utils.ColBERTCollator(model.tokenize)
 
 
-def pretokenized_kd_collator(model, tables, k_train: int | None = None):
+def pretokenized_kd_collator(model, tables, cache: Path, k_train: int | None = None):
     """The KD collator that pads token ids from caches of the KD tables' texts (built on first use); the same batch
-    as ``colbert_collator(model, k_train)`` makes of the texts."""
+    as ``colbert_collator(model, k_train)`` makes of the texts. ``cache``: the caches' folder."""
     from retrievers.data.tokens import plan_for, token_cache
     from retrievers.packed import PretokenizedKDCollator
 
     module, tokenizer = model._first_module(), model.tokenizer
     queries = token_cache(tables.queries, tokenizer,
                           plan_for(module, tokenizer, model.query_length, model.query_prefix_id),
-                          tables.queries._fingerprint)
+                          tables.queries._fingerprint, cache)
     documents = token_cache(tables.documents, tokenizer,
                             plan_for(module, tokenizer, model.document_length, model.document_prefix_id),
-                            tables.documents._fingerprint)
+                            tables.documents._fingerprint, cache)
     return PretokenizedKDCollator(model, queries, documents, k_train)
 
 
-def build(phase):
-    """The phase's model before training (its init folder with the phase's ColBERT head)."""
-    return build_colbert(Path(phase.init), phase.colbert)
+def build(phase, init: Path):
+    """The phase's model before training (its ``init`` folder with the phase's ColBERT head)."""
+    return build_colbert(init, phase.colbert)
 
 
 def load(path: Path | str):
@@ -97,8 +97,9 @@ def training_arguments_class() -> type:
     return SentenceTransformerTrainingArguments
 
 
-def trainer(phase, init: Path, data: Path, output: Path, seed: int):
-    """(model, trainer) for an XTR phase: contrastive on triplets or distillation from teacher scores."""
+def trainer(phase, init: Path, data: Path, output: Path, seed: int, eval_data: Path | None = None):
+    """(model, trainer) for an XTR phase: contrastive on triplets or distillation from teacher scores (no
+    in-training evaluation: ``eval_data`` is unused)."""
     from retrievers.train.common import trainer_arguments
 
     args = trainer_arguments(training_arguments_class(), phase.args, output, seed)

@@ -271,8 +271,8 @@ def epoch_callback(collator: KDTripletCollator, seed: int):
     return KDTripletEpochCallback()
 
 
-def pretokenized_collator(model, tables, arguments: dict) -> PretokenizedKDTripletCollator:
-    """A ``PretokenizedKDTripletCollator`` over caches of the KD tables (built on first use)."""
+def pretokenized_collator(model, tables, arguments: dict, cache: Path) -> PretokenizedKDTripletCollator:
+    """A ``PretokenizedKDTripletCollator`` over caches of the KD tables (built on first use in ``cache``)."""
     from retrievers.data.tokens import plan_for, token_cache
     from retrievers.errors import ConfigError
 
@@ -281,8 +281,8 @@ def pretokenized_collator(model, tables, arguments: dict) -> PretokenizedKDTripl
                           "set speed.pretokenized: false in params.yaml")
     module, tokenizer = model[0], model.tokenizer
     plan = plan_for(module, tokenizer, module.max_seq_length, None)
-    queries = token_cache(tables.queries, tokenizer, plan, tables.queries._fingerprint)
-    documents = token_cache(tables.documents, tokenizer, plan, tables.documents._fingerprint)
+    queries = token_cache(tables.queries, tokenizer, plan, tables.queries._fingerprint, cache)
+    documents = token_cache(tables.documents, tokenizer, plan, tables.documents._fingerprint, cache)
     return PretokenizedKDTripletCollator(**arguments, queries=queries, documents=documents, plan=plan)
 
 
@@ -311,11 +311,13 @@ def build_loss(model, phase: SpladePhase):
 
 
 # ------------------------------------------------------------------------------------------------ trainer
-def splade_trainer(phase: SpladePhase, init: Path, data: Path, args, seed: int):
+def splade_trainer(phase: SpladePhase, init: Path, data: Path, args, seed: int, eval_data: Path | None = None):
+    """(model, trainer); ``eval_data``: the folder of ``phase.eval_data`` (the in-training evaluator's sets)."""
     from sentence_transformers.sparse_encoder import SparseEncoderTrainer
     from sentence_transformers.sparse_encoder.callbacks import SpladeRegularizerWeightSchedulerCallback
 
     from retrievers.data.kd import kd_rows, load_kd_tables
+    from retrievers.data.tokens import cache_root
 
     tables = load_kd_tables(data, phase.teacher_scores)
     model = build_splade(init, phase.splade, phase.speed)
@@ -334,18 +336,20 @@ def splade_trainer(phase: SpladePhase, init: Path, data: Path, args, seed: int):
         prompts=args.prompts,
         all_special_ids=set(model.tokenizer.all_special_ids),
     )
-    collator = (pretokenized_collator(model, tables, collator_arguments) if phase.speed.pretokenized
+    collator = (pretokenized_collator(model, tables, collator_arguments, cache_root(args.output_dir))
+                if phase.speed.pretokenized
                 else KDTripletCollator(**collator_arguments))
     optimizer = build_optimizer(model, phase)
     scheduler = None  # None: the trainer builds args.lr_scheduler_type's
     if phase.lr_schedule is not None:
         scheduler = wsd_scheduler(optimizer, total_optimizer_updates(len(train), args), phase.lr_schedule)
     evaluator = None
-    if phase.in_training_evaluation is not None and phase.eval_data is not None:
+    if phase.in_training_evaluation is not None and phase.eval_data is not None and eval_data is not None:
         from retrievers.models.splade import nanobeir_evaluator
 
         evaluation = phase.in_training_evaluation
-        evaluator = nanobeir_evaluator(Path(phase.eval_data), evaluation.datasets, evaluation.batch_size)
+        evaluator = nanobeir_evaluator(eval_data, evaluation.datasets, evaluation.batch_size,
+                                       dataset_id=phase.eval_data)  # as params names it: the saved card shows it
     trainer = SparseEncoderTrainer(
         model=model,
         args=args,

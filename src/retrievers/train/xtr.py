@@ -49,6 +49,7 @@ def distillation_trainer(phase: XTRDistillationPhase, init: Path, data: Path, ar
     from sentence_transformers import SentenceTransformerTrainer
 
     from retrievers.data.kd import kd_training_dataset, load_kd_tables
+    from retrievers.data.tokens import cache_root
     from retrievers.losses import TemperatureDistillation, register_temperature
 
     tables = load_kd_tables(data, phase.teacher_scores)
@@ -61,7 +62,7 @@ def distillation_trainer(phase: XTRDistillationPhase, init: Path, data: Path, ar
         minmax_normalize_scores=phase.minmax_normalize_scores,
     )
     if phase.speed.pretokenized:
-        collator = pretokenized_kd_collator(model, tables, phase.k_train)
+        collator = pretokenized_kd_collator(model, tables, cache_root(args.output_dir), phase.k_train)
     else:
         collator = colbert_collator(model, phase.k_train)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train, loss=loss, data_collator=collator)
