@@ -72,6 +72,15 @@ def load(path: Path | str):
     return ColBERT(str(path))
 
 
+def settle_for_save(model) -> None:
+    """Put the model in the state an uninterrupted run saves it in. PyLate's ``tokenize`` sets the encoder's
+    ``max_seq_length`` to the query or document length of its last call (documents, at the end of training), and
+    the saved folder records it; a run resumed from its last checkpoint tokenizes nothing before saving and would
+    record what the model was built with."""
+    prefixed = model.document_prefix_id is not None
+    model._first_module().max_seq_length = model.document_length - 1 if prefixed else model.document_length
+
+
 # ------------------------------------------------------------------------------------------- training
 def training_arguments_class() -> type:
     from sentence_transformers import SentenceTransformerTrainingArguments

@@ -66,6 +66,10 @@ def load(path: Path | str):
     return SparseEncoder(str(path))
 
 
+def settle_for_save(model) -> None:
+    """Nothing to settle: a SPLADE model's saved state does not depend on its last training batch."""
+
+
 # ------------------------------------------------------------------------------------------- training
 def training_arguments_class() -> type:
     from sentence_transformers.sparse_encoder import SparseEncoderTrainingArguments

@@ -192,22 +192,65 @@ class KDTripletCollator(SparseEncoderDataCollator):
     and the negatives (what the soft-distillation losses read; SparseMultipleNegativesRankingLoss ignores it).
 
     Its RNG is ``random.Random(seed)`` until ``set_epoch_seed`` reseeds it (``KDTripletEpochCallback``, at every
-    epoch start, with seed + epoch). Dataloader workers each get a copy, as they did of the script's collator."""
+    epoch start, with seed + epoch). Dataloader workers each get a copy, as they did of the script's collator.
+
+    Resuming mid-epoch: the trainer skips the epoch's first batches without collating them, so the RNG would not
+    have advanced past their draws. ``checkpoint_state`` (saved with every checkpoint) keeps the RNG state before
+    each of the epoch's last two training batches and the state now; ``resume_from`` starts the resumed epoch's
+    next batch from the state before it, and the one after from the state after it. Two, because the dataloader
+    collates one batch ahead, and an in-training evaluation (whose rows this collator also draws for) runs between
+    that batch's draw and the save. Evaluation batches are not counted (``evaluating``, set by the epoch callback).
+    With dataloader workers the draws happen in the workers' copies: a resumed epoch's remaining batches are then
+    drawn afresh (warned)."""
 
     tables: Any = None
     n_negatives: int = 1
     seed: int = 0
     rng: random.Random = field(default_factory=random.Random, repr=False)
+    evaluating: bool = False
+    batches: int = 0  # training batches drawn since the last reseed
+    states_before: dict = field(default_factory=dict, repr=False)  # batch number -> RNG state before its draw
+    resumed_states: list = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
 
     def set_epoch_seed(self, epoch_seed: int) -> None:
         self.rng = random.Random(epoch_seed)
+        self.batches, self.states_before, self.resumed_states = 0, {}, []
+
+    def checkpoint_state(self) -> dict:
+        return {"batches": self.batches, "states_before": dict(self.states_before), "state": self.rng.getstate()}
+
+    def resume_from(self, saved: dict, skipped_batches: int) -> None:
+        """Continue the epoch after ``skipped_batches`` training batches as an uninterrupted run would."""
+        import logging
+
+        if skipped_batches == 0:  # the resumed run starts an epoch: its reseed already holds
+            return
+        if saved["batches"] not in (skipped_batches, skipped_batches + 1):
+            logging.getLogger(__name__).warning(
+                "the collator drew %d batches before the checkpoint, not %d (dataloader workers draw in copies of "
+                "it): the resumed epoch's remaining negatives are drawn afresh", saved["batches"], skipped_batches)
+            return
+        self.batches = skipped_batches
+        if saved["batches"] == skipped_batches:  # nothing drawn ahead (the epoch's iterator had ended)
+            self.resumed_states = [saved["state"]]
+        else:
+            self.resumed_states = [saved["states_before"][skipped_batches + 1], saved["state"]]
+
+    def _next_training_batch(self) -> None:
+        self.batches += 1
+        if self.resumed_states:
+            self.rng.setstate(self.resumed_states.pop(0))
+        self.states_before[self.batches] = self.rng.getstate()
+        self.states_before.pop(self.batches - 2, None)
 
     def __call__(self, features: list[dict]) -> dict:
         from retrievers.data.kd import texts_at
 
+        if not self.evaluating:
+            self._next_training_batch()
         queries, positives = [], []
         negatives: list[list[int]] = [[] for _ in range(self.n_negatives)]
         labels = []
@@ -236,6 +279,12 @@ def epoch_callback(collator: KDTripletCollator, seed: int):
     class KDTripletEpochCallback(TrainerCallback):
         def on_epoch_begin(self, args, state, control, **kwargs):
             collator.set_epoch_seed(seed + int(state.epoch or 0))
+
+        def on_step_end(self, args, state, control, **kwargs):  # after the trainer's own flow callback decided
+            collator.evaluating = bool(control.should_evaluate)
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            collator.evaluating = False
 
     return KDTripletEpochCallback()
 
