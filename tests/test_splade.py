@@ -263,8 +263,8 @@ def test_a_resumed_run_equals_the_uninterrupted_one_with_short_no_duplicates_epo
     def run(output, resume_from=None):
         model, trainer = make_trainer(
             tiny_neobert, output, max_train_samples=24, eval_samples=8,
-            args={"num_train_epochs": 4, "save_steps": 1, "eval_strategy": "steps", "eval_steps": 2},
-            phase_args={"eval_strategy": "steps", "eval_steps": 2, "save_steps": 1},
+            args={"num_train_epochs": 4, "save_steps": 1, "eval_strategy": "steps", "eval_steps": 3},
+            phase_args={"eval_strategy": "steps", "eval_steps": 3, "save_steps": 1},
         )
         trainer.train_dataset = concatenate_datasets([trainer.train_dataset, trainer.train_dataset.select(range(8))])
         make_resumable(trainer, "no_duplicates", resume_from)
