@@ -101,3 +101,23 @@ def test_the_temperatures_gradient_is_cleared_with_the_models():
         assert temperature.grad is not None and model.weight.grad is not None
         model.zero_grad()
         assert temperature.grad is None, "cleared with the model's"
+
+
+@pytest.mark.parametrize("prefix", ["", "[D] "])
+def test_a_colbert_is_saved_with_its_document_length_whatever_it_tokenized_last(tmp_path, prefix):
+    """A run resumed from its last checkpoint tokenizes nothing before the final save; PyLate's tokenize leaves the
+    encoder's max_seq_length at its last call's length, which the saved folder records. ``settle_for_save`` gives
+    the uninterrupted run's value (its last call: a batch's documents), so both save the same files."""
+    from retrievers.config import ColBERTConfig
+    from retrievers.models import colbert
+
+    config = ColBERTConfig(embedding_size=16, query_length=32, document_length=64, document_prefix=prefix)
+    model = colbert.build_colbert(REPO / "fixtures" / "models" / "tiny-modernbert", config)
+    model.tokenize(["a document"], is_query=False)
+    uninterrupted = model._first_module().max_seq_length
+    model.tokenize(["a query"], is_query=True)  # as a freshly built or loaded model may be
+    assert model._first_module().max_seq_length != uninterrupted
+    colbert.settle_for_save(model)
+    assert model._first_module().max_seq_length == uninterrupted
+    model.save_pretrained(str(tmp_path))
+    assert json.loads((tmp_path / "sentence_bert_config.json").read_text())["max_seq_length"] == uninterrupted
