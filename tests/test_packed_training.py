@@ -71,7 +71,7 @@ def test_fixture_training_with_fast_paths_gives_the_same_metrics(workspace, tmp_
     assert fast.length_buckets, "params.yaml turns the fast paths on for every recipe"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     fast_losses, fast_metrics = _train_and_evaluate(params, phase_key, fast, tmp_path / "fast")
-    stock_losses, stock_metrics = _train_and_evaluate(params, phase_key, SpeedConfig(), tmp_path / "stock")
+    stock_losses, stock_metrics = _train_and_evaluate(params, phase_key, SpeedConfig.stock(), tmp_path / "stock")
     print(phase_key, "losses", fast_losses, stock_losses, "metrics", fast_metrics, stock_metrics)
     assert len(fast_losses) == len(stock_losses) == STEPS // 2
     assert fast_losses[0] == pytest.approx(stock_losses[0], rel=1e-3)
