@@ -111,7 +111,8 @@ def test_a_colbert_is_saved_with_its_document_length_whatever_it_tokenized_last(
     from retrievers.config import ColBERTConfig
     from retrievers.models import colbert
 
-    config = ColBERTConfig(embedding_size=16, query_length=32, document_length=64, document_prefix=prefix)
+    config = ColBERTConfig(embedding_size=16, query_length=32, document_length=64, query_prefix="",
+                           document_prefix=prefix, attend_to_expansion_tokens=False)
     model = colbert.build_colbert(REPO / "fixtures" / "models" / "tiny-modernbert", config)
     model.tokenize(["a document"], is_query=False)
     uninterrupted = model._first_module().max_seq_length
