@@ -75,7 +75,10 @@ def _env(workspace: Path, extra: dict[str, str] | None = None) -> dict[str, str]
     env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                         "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
                         "MLFLOW_TRACKING_URI": f"sqlite:///{workspace}/mlflow.db",
-                        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+                        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+                        # The workspace's own copy of the library (what dvc.lock hashes), not the checkout's
+                        # editable install: editing the checkout while the harness runs changes nothing here.
+                        "PYTHONPATH": str(workspace / "src")}
     env.pop("RETRIEVERS_KILL_AT", None)
     return env | (extra or {})
 
