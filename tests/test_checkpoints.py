@@ -122,3 +122,18 @@ def test_a_colbert_is_saved_with_its_document_length_whatever_it_tokenized_last(
     assert model._first_module().max_seq_length == uninterrupted
     model.save_pretrained(str(tmp_path))
     assert json.loads((tmp_path / "sentence_bert_config.json").read_text())["max_seq_length"] == uninterrupted
+
+
+def test_non_finite_weights_are_refused_before_the_save():
+    """The guard train@ runs before it saves: a NaN or infinite weight (a diverged run) is one line naming the
+    tensor and the fix. (No test forces a real divergence; this is the check itself.)"""
+    from retrievers.errors import TrainingError
+    from retrievers.train.common import check_finite_weights
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    check_finite_weights(model, "p")
+    with torch.no_grad():
+        model[1].bias[0] = float("inf")
+    with pytest.raises(TrainingError, match=r"train@p: training produced non-finite weights in 1 tensor\(s\) "
+                                            r"\(first: 1.bias\); the model was not saved: lower phases.p.args"):
+        check_finite_weights(model, "p")
