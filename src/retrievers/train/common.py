@@ -128,7 +128,8 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
     try:
         json.loads((checkpoint / "trainer_state.json").read_text())
         check_model_folder(checkpoint, "")
-        for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", LOSS_STATE, COLLATOR_STATE):
+        names = ["optimizer.pt", "scheduler.pt", "rng_state.pth", LOSS_STATE]
+        for name in names + sorted(p.name for p in checkpoint.glob("collator_state*.pt")):
             if (checkpoint / name).exists():
                 torch.load(checkpoint / name, map_location="cpu", weights_only=False)
     except InputError as error:
@@ -163,13 +164,18 @@ def checkpoint_callback(temperature=None, collator=None):
             if temperature is not None:
                 torch.save({"temperature": temperature.detach().cpu()}, folder / LOSS_STATE)
             if hasattr(collator, "checkpoint_state"):
-                torch.save(collator.checkpoint_state(), folder / COLLATOR_STATE)
+                torch.save(collator.checkpoint_state(), folder / collator_state_file(args))
             write_json_atomic(folder / CHECKPOINT_SEAL, {"step": state.global_step})
 
     return SealCheckpoint()
 
 
 COLLATOR_STATE = "collator_state.pt"
+
+
+def collator_state_file(args) -> str:
+    """Each rank's collator draws its own rows: one file per rank under DDP."""
+    return COLLATOR_STATE if args.world_size == 1 else f"collator_state_rank{args.process_index}.pt"
 
 
 class ResumePosition:
@@ -217,16 +223,16 @@ class ResumePosition:
         from transformers import TrainerCallback
 
         position = self
-        saved = Path(checkpoint) / COLLATOR_STATE if checkpoint else None
 
         class RestoreCollator(TrainerCallback):
             def __init__(self) -> None:
-                self.pending = saved is not None and saved.exists() and hasattr(collator, "resume_from")
+                self.pending = checkpoint is not None and hasattr(collator, "resume_from")
 
             def on_epoch_begin(self, args, state, control, **kwargs):
-                if self.pending:
-                    self.pending = False
+                saved = Path(checkpoint) / collator_state_file(args) if checkpoint else None
+                if self.pending and saved is not None and saved.exists():
                     collator.resume_from(torch.load(saved, weights_only=False), position.batches or 0)
+                self.pending = False
 
         return RestoreCollator()
 
