@@ -275,15 +275,17 @@ def test_a_resumed_run_equals_the_uninterrupted_one_with_short_no_duplicates_epo
         trainer.train(resume_from_checkpoint=resume_from)
         losses = {e["step"]: e["loss"] for e in trainer.state.log_history if "loss" in e}
         evals = {e["step"]: e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e}
-        return {k: v.clone() for k, v in model.state_dict().items()}, losses, evals, trainer
+        card_rows = [dict(row) for row in model.model_card_data.training_logs]
+        return {k: v.clone() for k, v in model.state_dict().items()}, losses, evals, trainer, card_rows
 
-    weights, losses, evals, trainer = run(tmp_path / "straight")
+    weights, losses, evals, trainer, card_rows = run(tmp_path / "straight")
     batches = len(trainer.get_train_dataloader())
     assert trainer.state.global_step < 4 * batches, "the epochs are short (the case under test)"
     assert evals, "in-training evaluation ran (it draws from the collator too)"
     for step in (1, 3, 4):  # mid-epoch and at a short epoch's end, after an evaluation
-        resumed_weights, resumed_losses, resumed_evals, _ = run(tmp_path / f"from-{step}",
-                                                                str(tmp_path / "straight" / f"checkpoint-{step}"))
+        resumed_weights, resumed_losses, resumed_evals, _, resumed_rows = run(
+            tmp_path / f"from-{step}", str(tmp_path / "straight" / f"checkpoint-{step}"))
         assert {s: v for s, v in resumed_losses.items() if s > step} == {s: v for s, v in losses.items() if s > step}
         assert {s: v for s, v in resumed_evals.items() if s > step} == {s: v for s, v in evals.items() if s > step}
         assert all(torch.equal(resumed_weights[k], weights[k]) for k in weights), f"resumed from step {step}"
+        assert resumed_rows == card_rows, "the saved model card's training logs (losses, validation losses)"

@@ -300,7 +300,7 @@ def make_resumable(trainer, batch_sampler: str, resume_from: str | None, tempera
     """Everything that makes a run resumed from a checkpoint continue as the uninterrupted run would: epoch-seeded
     batch sampling (``batch_sampler``: the phase's ``args.batch_sampler``), the model card's loss rows, sealed
     checkpoints holding the temperature and the collator's draw state, and the exact resume position."""
-    trainer.add_callback(model_card_logs_callback(trainer.model))
+    trainer.add_callback(model_card_logs_callback(trainer.model, getattr(trainer, "evaluator", None)))
     sampling = EpochSeededBatchSampling(batch_sampler)
     trainer.args.batch_sampler = sampling  # the trainer's own extension point: a batch-sampler factory
     trainer.add_callback(sampling.callback())
@@ -310,10 +310,12 @@ def make_resumable(trainer, batch_sampler: str, resume_from: str | None, tempera
     trainer.add_callback(position.collator_callback(trainer.data_collator, resume_from))
 
 
-def model_card_logs_callback(model):
+def model_card_logs_callback(model, evaluator=None):
     """A TrainerCallback that gives a resumed run's model card (the README.md sentence-transformers saves with the
-    model) the training-loss rows logged before the checkpoint: the library collects them in memory as they are
-    logged, so a resumed run's card would start at the checkpoint and differ from an uninterrupted run's."""
+    model) the training-log rows of the steps before the checkpoint: the library collects them in memory as they
+    are logged (the loss; an in-training ``evaluator``'s primary metrics; evaluation losses), so a resumed run's
+    card would start at the checkpoint and differ from an uninterrupted run's. Replayed from the restored
+    ``log_history`` in order, through the card's own ``set_evaluation_metrics``."""
     from transformers import TrainerCallback
 
     class RestoreModelCardLogs(TrainerCallback):
@@ -321,12 +323,33 @@ def model_card_logs_callback(model):
             card = getattr(model, "model_card_data", None)
             if card is None or state.global_step == 0 or card.training_logs:
                 return
-            card.training_logs.extend(
-                {"Epoch": entry.get("epoch"), "Step": entry["step"], "Training Loss": entry["loss"]}
-                for entry in state.log_history if "loss" in entry and "step" in entry
-            )
+            logs = card.training_logs
+            for entry in state.log_history:
+                step = entry.get("step")
+                if step is None:
+                    continue
+                if "loss" in entry:
+                    _card_row(logs, entry, step)["Training Loss"] = entry["loss"]
+                evaluated = {k[len("eval_"):]: v for k, v in entry.items() if k.startswith("eval_")}
+                if not evaluated:
+                    continue
+                measured = {key: value for key, value in evaluated.items() if not f"eval_{key}".endswith("_loss")
+                            and key not in TRAINER_EVAL_KEYS}  # what the evaluator itself returned
+                if evaluator is not None and measured and hasattr(card, "set_evaluation_metrics"):
+                    card.set_evaluation_metrics(evaluator, measured, epoch=entry.get("epoch"), step=step)
+                if "loss" in evaluated:  # the library's on_evaluate row; the loss's own parts are logged apart
+                    _card_row(logs, entry, step)["Validation Loss"] = evaluated["loss"]
 
     return RestoreModelCardLogs()
+
+
+TRAINER_EVAL_KEYS = ("runtime", "samples_per_second", "steps_per_second")
+
+
+def _card_row(logs: list[dict], entry: dict, step: int) -> dict:
+    if not logs or logs[-1]["Step"] != step:
+        logs.append({"Epoch": entry.get("epoch"), "Step": step})
+    return logs[-1]
 
 
 def step_kill_callback():
