@@ -47,7 +47,8 @@ def make_trainer(init: Path, output: Path, callbacks=(), args=None, phase_args=N
         "output_dir": str(output), "per_device_train_batch_size": 8, "learning_rate": 1e-3, "num_train_epochs": 2,
         "batch_sampler": BatchSamplers.NO_DUPLICATES, "dataloader_drop_last": True, "save_strategy": "steps",
         "save_steps": 2, "logging_steps": 1, "report_to": [], "seed": 0, "disable_tqdm": True} | (args or {})))
-    model, trainer = splade_trainer(phase, init, KD, args, seed=0)
+    eval_data = Path(phase.eval_data) if phase.eval_data else None  # an absolute folder in these tests
+    model, trainer = splade_trainer(phase, init, KD, args, seed=0, eval_data=eval_data)
     for callback in callbacks:
         trainer.add_callback(callback)
     return model, trainer

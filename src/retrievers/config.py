@@ -399,11 +399,12 @@ def parse_params(raw: dict[str, Any], origin: str = "params.yaml") -> Params:
         raise ConfigError(_describe(error, origin, raw)) from None
 
 
-def load_params(path: Path | str = "params.yaml") -> Params:
+def load_params(path: Path | str) -> Params:
     """Read and validate params.yaml; raise ConfigError with one line naming the bad key."""
     path = Path(path)
     if not path.exists():
-        raise ConfigError(f"{path}: not found; run from the repository root (or the smoke workspace)")
+        raise ConfigError(f"{path}: not found; run from the repository root (or the smoke workspace), or pass "
+                          "--workspace")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
