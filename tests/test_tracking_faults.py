@@ -117,7 +117,7 @@ def test_sigterm_is_one_line_and_exit_status_130(tmp_path):
     script.write_text(
         "import pathlib, time\n"
         "from retrievers.pipeline import stage_main\n"
-        "def slow(params, key):\n"
+        "def slow(workspace, params, key):\n"
         f"    pathlib.Path({str(ready)!r}).write_text('')\n"
         "    time.sleep(120)\n"
         "stage_main(slow)\n"
