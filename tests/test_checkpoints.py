@@ -107,22 +107,28 @@ def test_the_temperatures_gradient_is_cleared_with_the_models():
 @pytest.mark.parametrize("prefix", ["", "[D] "])
 def test_a_colbert_is_saved_with_its_document_length_whatever_it_tokenized_last(tmp_path, prefix):
     """A run resumed from its last checkpoint tokenizes nothing before the final save; PyLate's tokenize leaves the
-    encoder's max_seq_length at its last call's length, which the saved folder records. ``settle_for_save`` gives
-    the uninterrupted run's value (its last call: a batch's documents), so both save the same files."""
+    encoder's max_seq_length and the tokenizer's truncation and padding at its last call's, which the saved folder
+    records. ``settle_for_save`` gives the uninterrupted run's (its last call: a batch's documents), so both save
+    the same files."""
     from retrievers.config import ColBERTConfig
     from retrievers.models import colbert
 
     config = ColBERTConfig(embedding_size=16, query_length=32, document_length=64, query_prefix="",
                            document_prefix=prefix, attend_to_expansion_tokens=False)
     model = colbert.build_colbert(REPO / "fixtures" / "models" / "tiny-modernbert", config)
-    model.tokenize(["a document"], is_query=False)
-    uninterrupted = model._first_module().max_seq_length
+    model.tokenize(["a query", "another query"], is_query=True, pad=True)  # a training batch, as PyLate's collator
+    model.tokenize(["a document", "a longer document than that"], is_query=False, pad=True)  # ... calls tokenize
+    model.save_pretrained(str(tmp_path / "uninterrupted"))
     model.tokenize(["a query"], is_query=True)  # as a freshly built or loaded model may be
-    assert model._first_module().max_seq_length != uninterrupted
+    model.save_pretrained(str(tmp_path / "unsettled"))
     colbert.settle_for_save(model)
-    assert model._first_module().max_seq_length == uninterrupted
-    model.save_pretrained(str(tmp_path))
-    assert json.loads((tmp_path / "sentence_bert_config.json").read_text())["max_seq_length"] == uninterrupted
+    model.save_pretrained(str(tmp_path / "settled"))
+    files = ("sentence_bert_config.json", "tokenizer.json", "tokenizer_config.json")
+    unsettled = [f for f in files if (tmp_path / "unsettled" / f).read_bytes()
+                 != (tmp_path / "uninterrupted" / f).read_bytes()]
+    assert unsettled, "the case under test: the folder records the last tokenize call"
+    for name in files:
+        assert (tmp_path / "settled" / name).read_bytes() == (tmp_path / "uninterrupted" / name).read_bytes(), name
 
 
 def test_non_finite_weights_are_refused_before_the_save():

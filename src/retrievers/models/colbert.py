@@ -73,13 +73,13 @@ def load(path: Path | str):
 
 
 def settle_for_save(model) -> None:
-    """Put the model in the state an uninterrupted run saves it in. PyLate's ``tokenize`` sets the encoder's
-    ``max_seq_length`` to the query or document length of its last call (documents, at the end of training), and
-    the saved folder records it; a run resumed from its last checkpoint tokenizes nothing before saving and would
-    record what the model was built with."""
-    prefixed = model.document_prefix_id is not None
-    model._first_module().max_seq_length = model.document_length - 1 if prefixed else model.document_length
-
+    """Put the model in the state an uninterrupted run saves it in. PyLate's ``tokenize`` leaves the encoder's
+    ``max_seq_length`` and the fast tokenizer's truncation and padding at its last call's (documents, at the end of
+    training), and the saved folder records them (sentence_bert_config.json, tokenizer.json); a run resumed from
+    its last checkpoint tokenizes nothing before saving. One document tokenized here, as PyLate's collator calls
+    it (``pad=True``; a ``PackedColBERT`` padding documents to the longest turns that off, as in training), leaves
+    what the last training batch leaves."""
+    model.tokenize(["a document"], is_query=False, pad=True)
 
 # ------------------------------------------------------------------------------------------- training
 def training_arguments_class() -> type:
