@@ -315,7 +315,10 @@ def model_card_logs_callback(model, evaluator=None):
     model) the training-log rows of the steps before the checkpoint: the library collects them in memory as they
     are logged (the loss; an in-training ``evaluator``'s primary metrics; evaluation losses), so a resumed run's
     card would start at the checkpoint and differ from an uninterrupted run's. Replayed from the restored
-    ``log_history`` in order, through the card's own ``set_evaluation_metrics``."""
+    ``log_history`` in order, as the library's ``on_log``, ``set_evaluation_metrics`` and ``on_evaluate`` add them.
+
+    Not restored: the evaluator's full results (``eval_results_dict``, the card's evaluation section), which the
+    next in-training evaluation sets again; a run resumed after its last evaluation saves a card without it."""
     from transformers import TrainerCallback
 
     class RestoreModelCardLogs(TrainerCallback):
@@ -333,17 +336,29 @@ def model_card_logs_callback(model, evaluator=None):
                 evaluated = {k[len("eval_"):]: v for k, v in entry.items() if k.startswith("eval_")}
                 if not evaluated:
                     continue
-                measured = {key: value for key, value in evaluated.items() if not f"eval_{key}".endswith("_loss")
-                            and key not in TRAINER_EVAL_KEYS}  # what the evaluator itself returned
-                if evaluator is not None and measured and hasattr(card, "set_evaluation_metrics"):
-                    card.set_evaluation_metrics(evaluator, measured, epoch=entry.get("epoch"), step=step)
+                primary = _primary_metrics(evaluator)
+                if primary:  # the library's set_evaluation_metrics adds these to the rows
+                    measured = {key: evaluated[key] for key in primary if key in evaluated}
+                    if measured:
+                        _card_row(logs, entry, step).update(measured)
                 if "loss" in evaluated:  # the library's on_evaluate row; the loss's own parts are logged apart
                     _card_row(logs, entry, step)["Validation Loss"] = evaluated["loss"]
 
     return RestoreModelCardLogs()
 
 
-TRAINER_EVAL_KEYS = ("runtime", "samples_per_second", "steps_per_second")
+def _primary_metrics(evaluator) -> list[str]:
+    """The metrics an evaluator's run adds to the card's rows, in the order they are added: each sub-evaluator's
+    primary metric as it runs (``evaluators``: NanoBEIR's per-set ones, a SequentialEvaluator's), then its own
+    (sentence-transformers' ``set_evaluation_metrics``)."""
+    if evaluator is None:
+        return []
+    names: list[str] = []
+    for sub in getattr(evaluator, "evaluators", None) or []:
+        names += _primary_metrics(sub)
+    own = getattr(evaluator, "primary_metric", None)
+    names += [own] if isinstance(own, str) else list(own or [])
+    return list(dict.fromkeys(names))
 
 
 def _card_row(logs: list[dict], entry: dict, step: int) -> dict:

@@ -290,6 +290,25 @@ def epoch_callback(collator: KDTripletCollator, seed: int):
 
 
 # -------------------------------------------------------------------------------------------------- loss
+def regularizer_schedule(loss, scheduler_type, warmup_ratio):
+    """sentence-transformers' ``SpladeRegularizerWeightSchedulerCallback``, which sets the regulariser weights at
+    every step's start, also set at the start of a resumed run as the step before it left them: a run resumed from
+    its last checkpoint takes no step, and would otherwise end (and record) the weights as 0."""
+    import copy
+
+    from sentence_transformers.sparse_encoder.callbacks import SpladeRegularizerWeightSchedulerCallback
+
+    class ResumableRegularizerSchedule(SpladeRegularizerWeightSchedulerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            super().on_train_begin(args, state, control, **kwargs)
+            if state.global_step > 0:
+                before = copy.copy(state)
+                before.global_step = state.global_step - 1
+                self.on_step_begin(args, before, control, **kwargs)
+
+    return ResumableRegularizerSchedule(loss=loss, scheduler_type=scheduler_type, warmup_ratio=warmup_ratio)
+
+
 def build_loss(model, phase: SpladePhase):
     from sentence_transformers.sparse_encoder.losses import (
         SparseDistillKLDivLoss,
@@ -317,7 +336,6 @@ def build_loss(model, phase: SpladePhase):
 def splade_trainer(phase: SpladePhase, init: Path, data: Path, args, seed: int, eval_data: Path | None = None):
     """(model, trainer); ``eval_data``: the folder of ``phase.eval_data`` (the in-training evaluator's sets)."""
     from sentence_transformers.sparse_encoder import SparseEncoderTrainer
-    from sentence_transformers.sparse_encoder.callbacks import SpladeRegularizerWeightSchedulerCallback
 
     from retrievers.data.kd import kd_rows, load_kd_tables
 
@@ -326,7 +344,7 @@ def splade_trainer(phase: SpladePhase, init: Path, data: Path, args, seed: int, 
     train, held_out = kd_rows(tables, phase.kept_documents, seed, phase.max_train_samples, phase.eval_samples)
     loss = build_loss(model, phase)
     # Explicit: without it the trainer silently adds the same callback with its own defaults (linear, 1/3).
-    schedule = SpladeRegularizerWeightSchedulerCallback(
+    schedule = regularizer_schedule(
         loss=loss, scheduler_type=phase.regularizer_schedule, warmup_ratio=phase.regularizer_warmup_ratio
     )
     collator = KDTripletCollator(
