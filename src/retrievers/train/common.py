@@ -300,7 +300,7 @@ def make_resumable(trainer, batch_sampler: str, resume_from: str | None, tempera
     """Everything that makes a run resumed from a checkpoint continue as the uninterrupted run would: epoch-seeded
     batch sampling (``batch_sampler``: the phase's ``args.batch_sampler``), the model card's loss rows, sealed
     checkpoints holding the temperature and the collator's draw state, and the exact resume position."""
-    trainer.add_callback(model_card_logs_callback(trainer.model, getattr(trainer, "evaluator", None)))
+    trainer.add_callback(model_card_logs_callback(trainer.model, resume_from))
     sampling = EpochSeededBatchSampling(batch_sampler)
     trainer.args.batch_sampler = sampling  # the trainer's own extension point: a batch-sampler factory
     trainer.add_callback(sampling.callback())
@@ -310,61 +310,34 @@ def make_resumable(trainer, batch_sampler: str, resume_from: str | None, tempera
     trainer.add_callback(position.collator_callback(trainer.data_collator, resume_from))
 
 
-def model_card_logs_callback(model, evaluator=None):
-    """A TrainerCallback that gives a resumed run's model card (the README.md sentence-transformers saves with the
-    model) the training-log rows of the steps before the checkpoint: the library collects them in memory as they
-    are logged (the loss; an in-training ``evaluator``'s primary metrics; evaluation losses), so a resumed run's
-    card would start at the checkpoint and differ from an uninterrupted run's. Replayed from the restored
-    ``log_history`` in order, as the library's ``on_log``, ``set_evaluation_metrics`` and ``on_evaluate`` add them.
+CARD_LOGS = "model_card_logs.json"
 
-    Not restored: the evaluator's full results (``eval_results_dict``, the card's evaluation section), which the
-    next in-training evaluation sets again; a run resumed after its last evaluation saves a card without it."""
+
+def model_card_logs_callback(model, checkpoint: str | None):
+    """A TrainerCallback that keeps the training-log rows of the model card (the README.md sentence-transformers
+    saves with the model) across a resume: the library collects them in memory as they are logged (losses, the
+    in-training evaluator's primary metrics, the validation loss), so a resumed run's card would start at the
+    checkpoint. Each checkpoint stores them (``CARD_LOGS``); a resumed run starts from the stored rows.
+
+    Not kept: the evaluator's full results (``eval_results_dict``, the card's evaluation section, keyed by evaluator
+    objects), which the next in-training evaluation sets again; a run resumed after its last evaluation saves a
+    card without it."""
     from transformers import TrainerCallback
 
-    class RestoreModelCardLogs(TrainerCallback):
+    class KeepModelCardLogs(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            card = getattr(model, "model_card_data", None)
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if card is not None and folder.is_dir() and state.is_world_process_zero:
+                write_json_atomic(folder / CARD_LOGS, card.training_logs, sort_keys=False)
+
         def on_train_begin(self, args, state, control, **kwargs):
             card = getattr(model, "model_card_data", None)
-            if card is None or state.global_step == 0 or card.training_logs:
-                return
-            logs = card.training_logs
-            for entry in state.log_history:
-                step = entry.get("step")
-                if step is None:
-                    continue
-                if "loss" in entry:
-                    _card_row(logs, entry, step)["Training Loss"] = entry["loss"]
-                evaluated = {k[len("eval_"):]: v for k, v in entry.items() if k.startswith("eval_")}
-                if not evaluated:
-                    continue
-                primary = _primary_metrics(evaluator)
-                if primary:  # the library's set_evaluation_metrics adds these to the rows
-                    measured = {key: evaluated[key] for key in primary if key in evaluated}
-                    if measured:
-                        _card_row(logs, entry, step).update(measured)
-                if "loss" in evaluated:  # the library's on_evaluate row; the loss's own parts are logged apart
-                    _card_row(logs, entry, step)["Validation Loss"] = evaluated["loss"]
+            saved = Path(checkpoint) / CARD_LOGS if checkpoint else None
+            if card is not None and saved is not None and saved.exists() and not card.training_logs:
+                card.training_logs.extend(json.loads(saved.read_text()))
 
-    return RestoreModelCardLogs()
-
-
-def _primary_metrics(evaluator) -> list[str]:
-    """The metrics an evaluator's run adds to the card's rows, in the order they are added: each sub-evaluator's
-    primary metric as it runs (``evaluators``: NanoBEIR's per-set ones, a SequentialEvaluator's), then its own
-    (sentence-transformers' ``set_evaluation_metrics``)."""
-    if evaluator is None:
-        return []
-    names: list[str] = []
-    for sub in getattr(evaluator, "evaluators", None) or []:
-        names += _primary_metrics(sub)
-    own = getattr(evaluator, "primary_metric", None)
-    names += [own] if isinstance(own, str) else list(own or [])
-    return list(dict.fromkeys(names))
-
-
-def _card_row(logs: list[dict], entry: dict, step: int) -> dict:
-    if not logs or logs[-1]["Step"] != step:
-        logs.append({"Epoch": entry.get("epoch"), "Step": step})
-    return logs[-1]
+    return KeepModelCardLogs()
 
 
 def step_kill_callback():
