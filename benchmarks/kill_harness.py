@@ -184,8 +184,10 @@ def try_point(reference: Path, workdir: Path, stage: str, point: str, hub_endpoi
     shutil.copytree(reference, workspace, symlinks=True)
     hub = {"HF_TOKEN": TOKEN, "HF_ENDPOINT": hub_endpoint, "HF_HUB_OFFLINE": "0"}
     start = time.perf_counter()
+    # Atomic writes name their target by its full path (stages get the workspace root): name it in this copy.
+    named = f"atomic:{workspace / point.split(':', 1)[1]}" if point.startswith("atomic:") else point
     killed = _dvc(workspace, "repro", "--force", "--single-item", stage,
-                  env=_env(workspace, hub | {"RETRIEVERS_KILL_AT": point}))
+                  env=_env(workspace, hub | {"RETRIEVERS_KILL_AT": named}))
     outcome = {"stage": stage, "point": point, "killed": killed.returncode in (-9, 137)}
     resumed = _dvc(workspace, "repro", env=_env(workspace, hub))
     outcome["repro_rc"] = resumed.returncode
