@@ -144,3 +144,21 @@ def test_non_finite_weights_are_refused_before_the_save():
     with pytest.raises(TrainingError, match=r"train@p: training produced non-finite weights in 1 tensor\(s\) "
                                             r"\(first: 1.bias\); the model was not saved: lower phases.p.args"):
         check_finite_weights(model, "p")
+
+
+def test_a_splade_model_is_saved_with_its_training_tokenizer_state(tiny_splade, tmp_path):
+    """The fast tokenizer's padding of its last call is saved in tokenizer.json; ``settle_for_save`` gives a model
+    that tokenized nothing (a run resumed from its last checkpoint) the state a training batch leaves."""
+    from retrievers.models import splade
+
+    trained = splade.load(tiny_splade)
+    trained.tokenize(["a query", "a longer document than the query"])  # as the collator tokenizes a batch
+    trained.save_pretrained(str(tmp_path / "uninterrupted"))
+    resumed = splade.load(tiny_splade)
+    resumed.save_pretrained(str(tmp_path / "unsettled"))
+    splade.settle_for_save(resumed)
+    resumed.save_pretrained(str(tmp_path / "settled"))
+    saved = {name: (tmp_path / name / "tokenizer.json").read_bytes()
+             for name in ("uninterrupted", "unsettled", "settled")}
+    assert saved["unsettled"] != saved["uninterrupted"], "the case under test"
+    assert saved["settled"] == saved["uninterrupted"]
