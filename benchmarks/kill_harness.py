@@ -38,34 +38,36 @@ TINY = {
     "modernbert-xtr-contrastive": {"max_train_samples": 64,
                                    "args": {"max_steps": 12, "save_steps": 4, "logging_steps": 2}},
     "modernbert-xtr": {"max_train_samples": 32, "args": {"max_steps": 8, "save_steps": 4, "logging_steps": 2}},
-    "neobert-splade": {"max_train_samples": 96,
-                       "args": {"num_train_epochs": 3, "save_steps": 3, "logging_steps": 3}},
+    "neobert-splade": {"max_train_samples": 112, "eval_samples": 16,  # 96 training rows: 3 batches an epoch
+                       "args": {"num_train_epochs": 3, "save_steps": 2, "eval_steps": 2, "logging_steps": 1}},
 }
-# (stage to re-run, kill point). The Hub push is on for neobert-splade (against the stand-in).
-POINTS = [  # the points that resume mid-training first
-    ("train@modernbert-xtr-contrastive", "step:6"),
-    ("train@modernbert-xtr", "step:5"),
-    ("train@neobert-splade", "step:4"),
+# (stage to re-run, kill point): every stage, start-up to Hub push. The Hub push is on for neobert-splade (against
+# the stand-in). The points that resume mid-training come first.
+POINTS = [
+    ("train@modernbert-xtr-contrastive", "step:6"),  # resumes from checkpoint-4 (epoch 2 of 2-step epochs)
+    ("train@modernbert-xtr", "step:5"),  # the KD phase, from checkpoint-4
+    ("train@neobert-splade", "step:5"),  # from checkpoint-4: mid-epoch, the collator's draws after an evaluation
+    ("train@neobert-splade", "checkpoint-save:4"),  # checkpoint-4 unsealed: from checkpoint-2, mid-epoch
     ("train@modernbert-xtr-contrastive", "checkpoint-save:8"),
+    ("train@modernbert-xtr-contrastive", "atomic:models/modernbert-xtr-contrastive"),  # inside the final save
+    ("train@neobert-splade", "step:9"),  # the last step, before the best checkpoint is loaded and saved
+    ("train@neobert-splade", "atomic:models/neobert-splade"),
+    ("train@modernbert-xtr", "atomic:models/modernbert-xtr"),
+    ("train@modernbert-xtr", "checkpoint-save:4"),
     ("train@modernbert-xtr-contrastive", "step:11"),
-    ("train@neobert-splade", "step:7"),
-    ("train@modernbert-xtr-contrastive", "atomic:models/modernbert-xtr-contrastive"),
     ("evaluate@modernbert-xtr", "evaluated"),
+    ("evaluate@neobert-splade", "evaluated"),
     ("card@modernbert-xtr", "card"),
     ("release@modernbert-xtr", "atomic:releases/modernbert-xtr"),
     ("release@modernbert-xtr", "registry"),
     ("release@neobert-splade", "hub-push"),
+    ("download@ms-marco-en-bge-gemma", "start:download"),
+    ("download@ms-marco-en-bge-gemma", "atomic:data/ms-marco-en-bge-gemma"),
     ("train@modernbert-xtr-contrastive", "start:train"),
-    ("train@modernbert-xtr-contrastive", "step:1"),
-    ("train@modernbert-xtr-contrastive", "step:3"),
-    ("train@modernbert-xtr-contrastive", "checkpoint-save:4"),
-    ("train@modernbert-xtr", "step:2"),
-    ("train@modernbert-xtr", "checkpoint-save:4"),
-    ("train@modernbert-xtr", "atomic:models/modernbert-xtr"),
-    ("train@neobert-splade", "step:2"),
-    ("train@neobert-splade", "checkpoint-save:3"),
-    ("train@neobert-splade", "atomic:models/neobert-splade"),
+    ("train@modernbert-xtr-contrastive", "step:1"),  # before the first checkpoint: starts afresh
     ("evaluate@modernbert-xtr", "start:evaluate"),
+    ("card@neobert-splade", "start:card"),
+    ("release@neobert-splade", "start:release"),
 ]
 
 
@@ -73,7 +75,10 @@ def _env(workspace: Path, extra: dict[str, str] | None = None) -> dict[str, str]
     env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                         "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
                         "MLFLOW_TRACKING_URI": f"sqlite:///{workspace}/mlflow.db",
-                        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+                        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+                        # The workspace's own copy of the library (what dvc.lock hashes), not the checkout's
+                        # editable install: editing the checkout while the harness runs changes nothing here.
+                        "PYTHONPATH": str(workspace / "src")}
     env.pop("RETRIEVERS_KILL_AT", None)
     return env | (extra or {})
 
@@ -88,12 +93,8 @@ def make_reference(workdir: Path, hub_endpoint: str) -> Path:
     """The tiny profile, materialised and run once, uninterrupted: what every killed-and-resumed run must equal."""
     reference = workdir / "reference"
     hub = {"HF_TOKEN": TOKEN, "HF_ENDPOINT": hub_endpoint, "HF_HUB_OFFLINE": "0"}
-    if (reference / "dvc.lock").exists():  # an earlier harness run made it: complete it (a no-op when whole)
-        result = _dvc(reference, "repro", env=_env(reference, hub))
-        if result.returncode != 0:
-            raise SystemExit(f"reference run failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-        return reference
-    shutil.rmtree(reference, ignore_errors=True)
+    # Materialised afresh each time: the checkout's sources are synced (only changed files are copied), so an
+    # earlier harness run's reference re-runs exactly the stages that the code changes since then affect.
     subprocess.run([sys.executable, "-m", "retrievers.profile", "smoke", str(reference)], cwd=REPO, check=True)
     params = yaml.safe_load((reference / "params.yaml").read_text())
     for phase, overrides in TINY.items():
@@ -123,6 +124,29 @@ def _lock_hashes(workspace: Path) -> dict[str, str]:
 
 def _metrics(workspace: Path) -> dict[str, dict]:
     return {p.name: json.loads(p.read_text()) for p in sorted((workspace / "metrics").glob("*.json"))}
+
+
+def _max_difference(ours: dict, theirs: dict) -> float | None:
+    """The largest absolute difference between two runs' numeric metrics (None when their keys differ)."""
+    flat = [(a, b) for name in ours.keys() & theirs.keys() for key in ours[name].keys() & theirs[name].keys()
+            for a, b in [(ours[name][key], theirs[name][key])] if isinstance(a, (int, float))]
+    if ours.keys() != theirs.keys() or any(ours[n].keys() != theirs[n].keys() for n in ours):
+        return None
+    return max((abs(a - b) for a, b in flat), default=0.0)
+
+
+def markdown_table(results: list[dict]) -> str:
+    """The by-hand run's table (README and notes)."""
+    lines = ["| stage | kill point | killed | resumed from | s | metrics max abs diff | output hashes | "
+             "leftovers | RUNNING runs | dvc status | result |", "|---" * 11 + "|"]
+    for r in results:
+        hashes = "equal" if r["hashes_equal"] else "differ: " + ", ".join(r.get("hash_differences", []))
+        resumed = r["resumed_from"]
+        resumed = "-" if resumed is None else (Path(resumed).name if resumed else "afresh")
+        lines.append(f"| {r['stage']} | {r['point']} | {'yes' if r['killed'] else 'NO'} | {resumed} | {r['seconds']} "
+                     f"| {r['metrics_max_abs_diff']} | {hashes} | {len(r['leftovers'])} | {r['mlflow_running']} | "
+                     f"{'clean' if r['dvc_status_clean'] else 'DIRTY'} | {'pass' if r['passed'] else 'FAIL'} |")
+    return "\n".join(lines)
 
 
 def _leftovers(workspace: Path) -> list[str]:
@@ -155,13 +179,15 @@ def _resumed_from(workspace: Path, stage: str) -> str | None:
 
 
 def try_point(reference: Path, workdir: Path, stage: str, point: str, hub_endpoint: str) -> dict:
-    workspace = workdir / ("ws-" + point.replace(":", "-").replace("/", "-"))
+    workspace = workdir / ("ws-" + f"{stage}-{point}".replace(":", "-").replace("/", "-").replace("@", "-"))
     shutil.rmtree(workspace, ignore_errors=True)
     shutil.copytree(reference, workspace, symlinks=True)
     hub = {"HF_TOKEN": TOKEN, "HF_ENDPOINT": hub_endpoint, "HF_HUB_OFFLINE": "0"}
     start = time.perf_counter()
+    # Atomic writes name their target by its full path (stages get the workspace root): name it in this copy.
+    named = f"atomic:{workspace / point.split(':', 1)[1]}" if point.startswith("atomic:") else point
     killed = _dvc(workspace, "repro", "--force", "--single-item", stage,
-                  env=_env(workspace, hub | {"RETRIEVERS_KILL_AT": point}))
+                  env=_env(workspace, hub | {"RETRIEVERS_KILL_AT": named}))
     outcome = {"stage": stage, "point": point, "killed": killed.returncode in (-9, 137)}
     resumed = _dvc(workspace, "repro", env=_env(workspace, hub))
     outcome["repro_rc"] = resumed.returncode
@@ -171,6 +197,7 @@ def try_point(reference: Path, workdir: Path, stage: str, point: str, hub_endpoi
     status = _dvc(workspace, "status", "--json", env=_env(workspace))
     outcome["dvc_status_clean"] = status.returncode == 0 and status.stdout.strip() in ("{}", "")
     outcome["metrics_equal"] = _metrics(workspace) == _metrics(reference)
+    outcome["metrics_max_abs_diff"] = _max_difference(_metrics(workspace), _metrics(reference))
     outcome["hashes_equal"] = _lock_hashes(workspace) == _lock_hashes(reference)
     if not outcome["hashes_equal"]:
         ours, theirs = _lock_hashes(workspace), _lock_hashes(reference)
@@ -204,9 +231,11 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--points", nargs="*", help="kill points to try (default: all)")
     args = parser.parse_args()
-    chosen = [p for p in POINTS if not args.points or p[1] in args.points]
+    chosen = [p for p in POINTS if not args.points or p[1] in args.points or f"{p[0]}:{p[1]}" in args.points]
     results = run(args.workdir, chosen)
     passed = sum(r["passed"] for r in results)
+    (args.workdir / "results.json").write_text(json.dumps(results, indent=2))
+    print(markdown_table(results))
     print(f"kill points tried: {len(results)}, passed: {passed}")
     sys.exit(0 if passed == len(results) else 1)
 

@@ -102,3 +102,63 @@ def test_the_temperatures_gradient_is_cleared_with_the_models():
         assert temperature.grad is not None and model.weight.grad is not None
         model.zero_grad()
         assert temperature.grad is None, "cleared with the model's"
+
+
+@pytest.mark.parametrize("prefix", ["", "[D] "])
+def test_a_colbert_is_saved_with_its_document_length_whatever_it_tokenized_last(tmp_path, prefix):
+    """A run resumed from its last checkpoint tokenizes nothing before the final save; PyLate's tokenize leaves the
+    encoder's max_seq_length and the tokenizer's truncation and padding at its last call's, which the saved folder
+    records. ``settle_for_save`` gives the uninterrupted run's (its last call: a batch's documents), so both save
+    the same files."""
+    from retrievers.config import ColBERTConfig
+    from retrievers.models import colbert
+
+    config = ColBERTConfig(embedding_size=16, query_length=32, document_length=64, query_prefix="",
+                           document_prefix=prefix, attend_to_expansion_tokens=False)
+    model = colbert.build_colbert(REPO / "fixtures" / "models" / "tiny-modernbert", config)
+    model.tokenize(["a query", "another query"], is_query=True, pad=True)  # a training batch, as PyLate's collator
+    model.tokenize(["a document", "a longer document than that"], is_query=False, pad=True)  # ... calls tokenize
+    model.save_pretrained(str(tmp_path / "uninterrupted"))
+    model.tokenize(["a query"], is_query=True)  # as a freshly built or loaded model may be
+    model.save_pretrained(str(tmp_path / "unsettled"))
+    colbert.settle_for_save(model)
+    model.save_pretrained(str(tmp_path / "settled"))
+    files = ("sentence_bert_config.json", "tokenizer.json", "tokenizer_config.json")
+    unsettled = [f for f in files if (tmp_path / "unsettled" / f).read_bytes()
+                 != (tmp_path / "uninterrupted" / f).read_bytes()]
+    assert unsettled, "the case under test: the folder records the last tokenize call"
+    for name in files:
+        assert (tmp_path / "settled" / name).read_bytes() == (tmp_path / "uninterrupted" / name).read_bytes(), name
+
+
+def test_non_finite_weights_are_refused_before_the_save():
+    """The guard train@ runs before it saves: a NaN or infinite weight (a diverged run) is one line naming the
+    tensor and the fix. (No test forces a real divergence; this is the check itself.)"""
+    from retrievers.errors import TrainingError
+    from retrievers.train.common import check_finite_weights
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    check_finite_weights(model, "p")
+    with torch.no_grad():
+        model[1].bias[0] = float("inf")
+    with pytest.raises(TrainingError, match=r"train@p: training produced non-finite weights in 1 tensor\(s\) "
+                                            r"\(first: 1.bias\); the model was not saved: lower phases.p.args"):
+        check_finite_weights(model, "p")
+
+
+def test_a_splade_model_is_saved_with_its_training_tokenizer_state(tiny_splade, tmp_path):
+    """The fast tokenizer's padding of its last call is saved in tokenizer.json; ``settle_for_save`` gives a model
+    that tokenized nothing (a run resumed from its last checkpoint) the state a training batch leaves."""
+    from retrievers.models import splade
+
+    trained = splade.load(tiny_splade)
+    trained.tokenize(["a query", "a longer document than the query"])  # as the collator tokenizes a batch
+    trained.save_pretrained(str(tmp_path / "uninterrupted"))
+    resumed = splade.load(tiny_splade)
+    resumed.save_pretrained(str(tmp_path / "unsettled"))
+    splade.settle_for_save(resumed)
+    resumed.save_pretrained(str(tmp_path / "settled"))
+    saved = {name: (tmp_path / name / "tokenizer.json").read_bytes()
+             for name in ("uninterrupted", "unsettled", "settled")}
+    assert saved["unsettled"] != saved["uninterrupted"], "the case under test"
+    assert saved["settled"] == saved["uninterrupted"]

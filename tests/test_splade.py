@@ -253,3 +253,40 @@ def test_saved_model_is_the_best_in_training_checkpoint(tiny_neobert, tmp_path):
     assert all(torch.equal(ours[k], weights[k]) for k in weights), "the model holds the best checkpoint's weights"
     last = load_file(tmp_path / "checkpoint-7" / "model.safetensors")
     assert best == 7 or not all(torch.equal(ours[k], last[k]) for k in last)
+
+
+def test_a_resumed_run_equals_the_uninterrupted_one_with_short_no_duplicates_epochs(tiny_neobert, tmp_path):
+    """A run resumed from any checkpoint ends with the uninterrupted run's weights and logs the same losses, where
+    the no-duplicates sampler yields fewer batches than its length (rows repeated: 2 of 3 batches in most epochs),
+    so the trainer's global_step arithmetic would resume batches off, and where the resumed epoch's remaining
+    negatives must be the draws the uninterrupted run made (the collator's RNG is restored from the checkpoint,
+    in-training evaluation drawing from it between batches)."""
+    from datasets import concatenate_datasets
+
+    from retrievers.train.common import make_resumable
+
+    def run(output, resume_from=None):
+        model, trainer = make_trainer(
+            tiny_neobert, output, max_train_samples=24, eval_samples=8,
+            args={"num_train_epochs": 4, "save_steps": 1, "eval_strategy": "steps", "eval_steps": 3},
+            phase_args={"eval_strategy": "steps", "eval_steps": 3, "save_steps": 1},
+        )
+        trainer.train_dataset = concatenate_datasets([trainer.train_dataset, trainer.train_dataset.select(range(8))])
+        make_resumable(trainer, "no_duplicates", resume_from)
+        trainer.train(resume_from_checkpoint=resume_from)
+        losses = {e["step"]: e["loss"] for e in trainer.state.log_history if "loss" in e}
+        evals = {e["step"]: e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e}
+        card_rows = [dict(row) for row in model.model_card_data.training_logs]
+        return {k: v.clone() for k, v in model.state_dict().items()}, losses, evals, trainer, card_rows
+
+    weights, losses, evals, trainer, card_rows = run(tmp_path / "straight")
+    batches = len(trainer.get_train_dataloader())
+    assert trainer.state.global_step < 4 * batches, "the epochs are short (the case under test)"
+    assert evals, "in-training evaluation ran (it draws from the collator too)"
+    for step in (1, 3, 4):  # mid-epoch and at a short epoch's end, after an evaluation
+        resumed_weights, resumed_losses, resumed_evals, _, resumed_rows = run(
+            tmp_path / f"from-{step}", str(tmp_path / "straight" / f"checkpoint-{step}"))
+        assert {s: v for s, v in resumed_losses.items() if s > step} == {s: v for s, v in losses.items() if s > step}
+        assert {s: v for s, v in resumed_evals.items() if s > step} == {s: v for s, v in evals.items() if s > step}
+        assert all(torch.equal(resumed_weights[k], weights[k]) for k in weights), f"resumed from step {step}"
+        assert resumed_rows == card_rows, "the saved model card's training logs (losses, validation losses)"

@@ -106,3 +106,30 @@ def test_a_tracking_server_that_is_down_is_one_line_naming_the_uri(tmp_path, mon
     assert len(lines) == 1 and lines[0].startswith("evaluate@modernbert-xtr: error: the MLflow tracking server at "
                                                    f"MLFLOW_TRACKING_URI=http://127.0.0.1:{port}"), result.stderr
     assert "secret" not in result.stderr
+
+
+def test_sigterm_is_one_line_and_exit_status_130(tmp_path):
+    """A stage sent SIGTERM (a scheduler's kill, `kill PID`) ends with one line and status 130, no traceback."""
+    import signal
+
+    script = tmp_path / "slow.py"
+    ready = tmp_path / "ready"
+    script.write_text(
+        "import pathlib, time\n"
+        "from retrievers.pipeline import stage_main\n"
+        "def slow(workspace, params, key):\n"
+        f"    pathlib.Path({str(ready)!r}).write_text('')\n"
+        "    time.sleep(120)\n"
+        "stage_main(slow)\n"
+    )
+    process = subprocess.Popen([sys.executable, str(script), "x"], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not ready.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ready.exists(), process.communicate()[1][-2000:]
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert stderr.strip().splitlines()[-1] == "slow@x: interrupted; nothing was written (re-run to resume)"
+    assert "Traceback" not in stderr

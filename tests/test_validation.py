@@ -66,6 +66,16 @@ def _nan(kd, row):
     kd["train"]["scores"][row][0] = math.nan
 
 
+def _null_score(kd, row):
+    kd["train"]["scores"][row][0] = None
+
+
+def _duplicate_query_id(kd, row):
+    queries = kd["queries"]
+    queries["query_id"].append(queries["query_id"][row % len(queries["query_id"])])
+    queries["text"].append("another query")
+
+
 def _inf(kd, row):
     kd["train"]["scores"][row][-1] = -math.inf
 
@@ -117,6 +127,8 @@ def _no_documents(kd, row):
 
 MALFORMATIONS = {
     "nan score": (_nan, r"config 'train': row \d+ \(query_id .+\): score 0 is nan \(teacher scores must be finite\)"),
+    "null score": (_null_score, r"row \d+ \(query_id .+\): score 0 is None \(teacher scores must be finite\)"),
+    "duplicate query id": (_duplicate_query_id, r"config 'queries': query_id .+ appears more than once"),
     "infinite score": (_inf, r"score \d+ is -inf \(teacher scores must be finite\)"),
     "lengths differ": (_short_scores, r"row \d+ \(query_id .+\): \d+ document_ids but \d+ scores"),
     "dangling document": (_dangling_document, r"row \d+: document_id .+ is referenced by the scores but missing"),

@@ -90,6 +90,15 @@ def load(path: Path | str):
     return ColBERT(str(path))
 
 
+def settle_for_save(model) -> None:
+    """Put the model in the state an uninterrupted run saves it in. PyLate's ``tokenize`` leaves the encoder's
+    ``max_seq_length`` and the fast tokenizer's truncation and padding at its last call's (documents, at the end of
+    training), and the saved folder records them (sentence_bert_config.json, tokenizer.json); a run resumed from
+    its last checkpoint tokenizes nothing before saving. One document tokenized here, as PyLate's collator calls
+    it (``pad=True``; a ``PackedColBERT`` padding documents to the longest turns that off, as in training), leaves
+    what the last training batch leaves."""
+    model.tokenize(["a document"], is_query=False, pad=True)
+
 # ------------------------------------------------------------------------------------------- training
 def training_arguments_class() -> type:
     from sentence_transformers import SentenceTransformerTrainingArguments

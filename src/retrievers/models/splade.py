@@ -66,6 +66,13 @@ def load(path: Path | str):
     return SparseEncoder(str(path))
 
 
+def settle_for_save(model) -> None:
+    """Put the model in the state an uninterrupted run saves it in: the fast tokenizer keeps the padding of its last
+    call, which tokenizer.json records (a training batch's or an evaluation's: to the longest). A run resumed from
+    its last checkpoint tokenizes nothing before saving; one text tokenized here, as the collator does, leaves the
+    same state."""
+    model.tokenize(["a document"])
+
 # ------------------------------------------------------------------------------------------- training
 def training_arguments_class() -> type:
     from sentence_transformers.sparse_encoder import SparseEncoderTrainingArguments

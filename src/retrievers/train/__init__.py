@@ -11,15 +11,13 @@ from retrievers.config import Params
 from retrievers.io import atomic_dir
 from retrievers.paths import Workspace
 from retrievers.train.common import (
-    EpochSeededBatchSampling,
     average_loss_gradients,
     check_finite_weights,
     check_phase_inputs,
-    checkpoint_callback,
     finish_checkpoints,
     launch_torchrun,
     loss_curve_callback,
-    model_card_logs_callback,
+    make_resumable,
     phase_of,
     prepare_checkpoints,
     prepare_torchrun_rank,
@@ -83,17 +81,14 @@ def run_phase(ws: Workspace, params: Params, phase_key: str, callbacks: Sequence
     for callback in callbacks:
         trainer.add_callback(callback)
     trainer.add_callback(step_kill_callback())
-    trainer.add_callback(model_card_logs_callback(model))
-    sampling = EpochSeededBatchSampling(str(phase.args.batch_sampler), phase.speed.scan_free_no_duplicates)
-    trainer.args.batch_sampler = sampling  # the trainer's own extension point: a batch-sampler factory
-    trainer.add_callback(sampling.callback())
     from retrievers.losses import temperature_parameter
 
     # The learnable temperature is a parameter registered on the model (the fork), so the trainer's zero_grad and
     # gradient clipping cover it; checkpoints store it beside the saved modules.
     temperature = temperature_parameter(trainer.loss)
     restored_temperature = None
-    trainer.add_callback(checkpoint_callback(temperature))
+    make_resumable(trainer, str(phase.args.batch_sampler), resume_from, temperature,
+                   scan_free=phase.speed.scan_free_no_duplicates)
     if temperature is not None:
         restored_temperature = restore_loss_state(temperature, resume_from)
     average_loss_gradients(trainer.loss, model)
@@ -116,6 +111,7 @@ def run_phase(ws: Workspace, params: Params, phase_key: str, callbacks: Sequence
         record = training_record(ws, phase_key, phase, trainer)
         record["selected_checkpoint"] = selected
         mlflow.log_dict(record, "training_record.json")
+        models.for_phase(phase).settle_for_save(model)
         with atomic_dir(target) as scratch:
             model.save_pretrained(str(scratch))
             write_record(scratch, record)  # the card's facts, beside the weights they describe

@@ -128,7 +128,8 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
     try:
         json.loads((checkpoint / "trainer_state.json").read_text())
         check_model_folder(checkpoint, "")
-        for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", LOSS_STATE):
+        names = ["optimizer.pt", "scheduler.pt", "rng_state.pth", LOSS_STATE]
+        for name in names + sorted(p.name for p in checkpoint.glob("collator_state*.pt")):
             if (checkpoint / name).exists():
                 torch.load(checkpoint / name, map_location="cpu", weights_only=False)
     except InputError as error:
@@ -141,9 +142,10 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
 CHECKPOINT_SEAL = "checkpoint_complete.json"
 
 
-def checkpoint_callback(temperature=None):
+def checkpoint_callback(temperature=None, collator=None):
     """A TrainerCallback that completes every checkpoint: the learnable temperature (a Parameter, when there is one),
-    then the seal file, written last and atomically, so a checkpoint without it was cut short.
+    the data collator's draw state (when it has one: ``checkpoint_state``), then the seal file, written last and
+    atomically, so a checkpoint without it was cut short.
 
     Trainer checkpoints hold the model's saved modules and the optimizer, not a parameter registered on the
     model itself; without this a resumed run would restart the temperature at its initial value while its
@@ -161,9 +163,78 @@ def checkpoint_callback(temperature=None):
             kill_point(f"checkpoint-save:{state.global_step}")
             if temperature is not None:
                 torch.save({"temperature": temperature.detach().cpu()}, folder / LOSS_STATE)
+            if hasattr(collator, "checkpoint_state"):
+                torch.save(collator.checkpoint_state(), folder / collator_state_file(args))
             write_json_atomic(folder / CHECKPOINT_SEAL, {"step": state.global_step})
 
     return SealCheckpoint()
+
+
+COLLATOR_STATE = "collator_state.pt"
+
+
+def collator_state_file(args) -> str:
+    """Each rank's collator draws its own rows: one file per rank under DDP."""
+    return COLLATOR_STATE if args.world_size == 1 else f"collator_state_rank{args.process_index}.pt"
+
+
+class ResumePosition:
+    """Where a resumed run picks up: the epoch and the batches into it, from the checkpoint's ``state.epoch``.
+
+    The trainer derives both from ``global_step // len(dataloader)``, which holds only when every epoch yields
+    ``len(dataloader)`` batches. ``NoDuplicatesBatchSampler``'s length is an upper bound: an epoch that cannot fill
+    its last batches without duplicates yields fewer, and a resumed run then starts batches (or an epoch) off. The
+    trainer writes ``state.epoch = epoch + batches / len(dataloader)`` after every step, which is exact; installed
+    on a trainer (``install``), this reads the position from it, through the trainer's own two methods that
+    compute the epoch length and the resume state (wrapped, not copied). Uninterrupted runs are unaffected.
+
+    ``epoch`` and ``batches`` are what the trainer was given (None before a resumed run starts)."""
+
+    def __init__(self) -> None:
+        self.epoch: int | None = None
+        self.batches: int | None = None
+
+    def install(self, trainer) -> None:
+        measured: dict[str, int] = {}
+        set_values, init_state = trainer.set_initial_training_values, trainer._init_training_state
+
+        def set_initial_training_values(args, dataloader):
+            values = set_values(args, dataloader)
+            measured["batches_per_epoch"] = values[5]  # steps_in_epoch: what state.epoch divides by
+            return values
+
+        def _init_training_state(max_steps, steps_per_epoch, epochs, resume_from_checkpoint, trial):
+            position = init_state(max_steps, steps_per_epoch, epochs, resume_from_checkpoint, trial)
+            per_epoch = measured.get("batches_per_epoch")
+            if resume_from_checkpoint is not None and not trainer.args.ignore_data_skip and per_epoch:
+                done = round((trainer.state.epoch or 0.0) * per_epoch)
+                position = (done // per_epoch, done % per_epoch)
+            if resume_from_checkpoint is not None:
+                self.epoch, self.batches = position
+            return position
+
+        trainer.set_initial_training_values = set_initial_training_values
+        trainer._init_training_state = _init_training_state
+
+    def collator_callback(self, collator, checkpoint: str | None):
+        """A TrainerCallback that gives a stateful collator (``resume_from``) the draw state saved with
+        ``checkpoint`` at the start of the resumed epoch (after any reseeding callback added before it)."""
+        import torch
+        from transformers import TrainerCallback
+
+        position = self
+
+        class RestoreCollator(TrainerCallback):
+            def __init__(self) -> None:
+                self.pending = checkpoint is not None and hasattr(collator, "resume_from")
+
+            def on_epoch_begin(self, args, state, control, **kwargs):
+                saved = Path(checkpoint) / collator_state_file(args) if checkpoint else None
+                if self.pending and saved is not None and saved.exists():
+                    collator.resume_from(torch.load(saved, weights_only=False), position.batches or 0)
+                self.pending = False
+
+        return RestoreCollator()
 
 
 LOSS_STATE = "loss_temperature.pt"
@@ -229,23 +300,50 @@ def _epoch_seeded_default(dataset, batch_size, drop_last, valid_label_columns=No
                                    generator=generator, seed=seed)
 
 
-def model_card_logs_callback(model):
-    """A TrainerCallback that gives a resumed run's model card (the README.md sentence-transformers saves with the
-    model) the training-loss rows logged before the checkpoint: the library collects them in memory as they are
-    logged, so a resumed run's card would start at the checkpoint and differ from an uninterrupted run's."""
+def make_resumable(trainer, batch_sampler: str, resume_from: str | None, temperature=None,
+                   scan_free: bool = False) -> None:
+    """Everything that makes a run resumed from a checkpoint continue as the uninterrupted run would: epoch-seeded
+    batch sampling (``batch_sampler``: the phase's ``args.batch_sampler``), the model card's loss rows, sealed
+    checkpoints holding the temperature and the collator's draw state, and the exact resume position.
+    ``scan_free``: no_duplicates through retrievers.sampling's sampler (the same batches, no scan per batch)."""
+    trainer.add_callback(model_card_logs_callback(trainer.model, resume_from))
+    sampling = EpochSeededBatchSampling(batch_sampler, scan_free)
+    trainer.args.batch_sampler = sampling  # the trainer's own extension point: a batch-sampler factory
+    trainer.add_callback(sampling.callback())
+    trainer.add_callback(checkpoint_callback(temperature, trainer.data_collator))
+    position = ResumePosition()  # the exact epoch and batch to resume at, and the collator's draws there
+    position.install(trainer)
+    trainer.add_callback(position.collator_callback(trainer.data_collator, resume_from))
+
+
+CARD_LOGS = "model_card_logs.json"
+
+
+def model_card_logs_callback(model, checkpoint: str | None):
+    """A TrainerCallback that keeps the training-log rows of the model card (the README.md sentence-transformers
+    saves with the model) across a resume: the library collects them in memory as they are logged (losses, the
+    in-training evaluator's primary metrics, the validation loss), so a resumed run's card would start at the
+    checkpoint. Each checkpoint stores them (``CARD_LOGS``); a resumed run starts from the stored rows.
+
+    Not kept: the evaluator's full results (``eval_results_dict``, the card's evaluation section, keyed by evaluator
+    objects), which the next in-training evaluation sets again; a run resumed after its last evaluation saves a
+    card without it."""
     from transformers import TrainerCallback
 
-    class RestoreModelCardLogs(TrainerCallback):
+    class KeepModelCardLogs(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            card = getattr(model, "model_card_data", None)
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if card is not None and folder.is_dir() and state.is_world_process_zero:
+                write_json_atomic(folder / CARD_LOGS, card.training_logs, sort_keys=False)
+
         def on_train_begin(self, args, state, control, **kwargs):
             card = getattr(model, "model_card_data", None)
-            if card is None or state.global_step == 0 or card.training_logs:
-                return
-            card.training_logs.extend(
-                {"Epoch": entry.get("epoch"), "Step": entry["step"], "Training Loss": entry["loss"]}
-                for entry in state.log_history if "loss" in entry and "step" in entry
-            )
+            saved = Path(checkpoint) / CARD_LOGS if checkpoint else None
+            if card is not None and saved is not None and saved.exists() and not card.training_logs:
+                card.training_logs.extend(json.loads(saved.read_text()))
 
-    return RestoreModelCardLogs()
+    return KeepModelCardLogs()
 
 
 def step_kill_callback():

@@ -192,22 +192,65 @@ class KDTripletCollator(SparseEncoderDataCollator):
     and the negatives (what the soft-distillation losses read; SparseMultipleNegativesRankingLoss ignores it).
 
     Its RNG is ``random.Random(seed)`` until ``set_epoch_seed`` reseeds it (``KDTripletEpochCallback``, at every
-    epoch start, with seed + epoch). Dataloader workers each get a copy, as they did of the script's collator."""
+    epoch start, with seed + epoch). Dataloader workers each get a copy, as they did of the script's collator.
+
+    Resuming mid-epoch: the trainer skips the epoch's first batches without collating them, so the RNG would not
+    have advanced past their draws. ``checkpoint_state`` (saved with every checkpoint) keeps the RNG state before
+    each of the epoch's last two training batches and the state now; ``resume_from`` starts the resumed epoch's
+    next batch from the state before it, and the one after from the state after it. Two, because the dataloader
+    collates one batch ahead, and an in-training evaluation (whose rows this collator also draws for) runs between
+    that batch's draw and the save. Evaluation batches are not counted (``evaluating``, set by the epoch callback).
+    With dataloader workers the draws happen in the workers' copies: a resumed epoch's remaining batches are then
+    drawn afresh (warned)."""
 
     tables: Any = None
     n_negatives: int = 1
     seed: int = 0
     rng: random.Random = field(default_factory=random.Random, repr=False)
+    evaluating: bool = False
+    batches: int = 0  # training batches drawn since the last reseed
+    states_before: dict = field(default_factory=dict, repr=False)  # batch number -> RNG state before its draw
+    resumed_states: list = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
 
     def set_epoch_seed(self, epoch_seed: int) -> None:
         self.rng = random.Random(epoch_seed)
+        self.batches, self.states_before, self.resumed_states = 0, {}, []
 
-    def __call__(self, features: list[dict]) -> dict:
-        from retrievers.data.kd import texts_at
+    def checkpoint_state(self) -> dict:
+        return {"batches": self.batches, "states_before": dict(self.states_before), "state": self.rng.getstate()}
 
+    def resume_from(self, saved: dict, skipped_batches: int) -> None:
+        """Continue the epoch after ``skipped_batches`` training batches as an uninterrupted run would."""
+        import logging
+
+        if skipped_batches == 0:  # the resumed run starts an epoch: its reseed already holds
+            return
+        if saved["batches"] not in (skipped_batches, skipped_batches + 1):
+            logging.getLogger(__name__).warning(
+                "the collator drew %d batches before the checkpoint, not %d (dataloader workers draw in copies of "
+                "it): the resumed epoch's remaining negatives are drawn afresh", saved["batches"], skipped_batches)
+            return
+        self.batches = skipped_batches
+        if saved["batches"] == skipped_batches:  # nothing drawn ahead (the epoch's iterator had ended)
+            self.resumed_states = [saved["state"]]
+        else:
+            self.resumed_states = [saved["states_before"][skipped_batches + 1], saved["state"]]
+
+    def _next_training_batch(self) -> None:
+        self.batches += 1
+        if self.resumed_states:
+            self.rng.setstate(self.resumed_states.pop(0))
+        self.states_before[self.batches] = self.rng.getstate()
+        self.states_before.pop(self.batches - 2, None)
+
+    def draw(self, features: list[dict]) -> tuple[list[int], list[int], list[list[int]], list[list[float]]]:
+        """The batch's draw: query, positive and negative positions in the KD tables and the teacher labels, from the
+        collator's RNG (advanced, and its state recorded for resume, once per training batch)."""
+        if not self.evaluating:
+            self._next_training_batch()
         queries, positives = [], []
         negatives: list[list[int]] = [[] for _ in range(self.n_negatives)]
         labels = []
@@ -219,6 +262,12 @@ class KDTripletCollator(SparseEncoderDataCollator):
             for slot, index in zip(negatives, drawn, strict=True):
                 slot.append(documents[index])
             labels.append([float(scores[best])] + [float(scores[i]) for i in drawn])
+        return queries, positives, negatives, labels
+
+    def __call__(self, features: list[dict]) -> dict:
+        from retrievers.data.kd import texts_at
+
+        queries, positives, negatives, labels = self.draw(features)
         columns = {"query": texts_at(self.tables.queries, queries),
                    "positive": texts_at(self.tables.documents, positives)}
         for i, slot in enumerate(negatives, start=1):
@@ -241,16 +290,7 @@ class PretokenizedKDTripletCollator(KDTripletCollator):
     def __call__(self, features: list[dict]) -> dict:
         from retrievers.data.tokens import pad_rows
 
-        queries, positives, labels = [], [], []
-        negatives: list[list[int]] = [[] for _ in range(self.n_negatives)]
-        for row in features:
-            scores, documents = row["scores"], row["positions"]["documents"]
-            best, drawn = draw_positive_and_negatives(scores, self.rng, self.n_negatives)
-            queries.append(row["positions"]["query"])
-            positives.append(documents[best])
-            for slot, index in zip(negatives, drawn, strict=True):
-                slot.append(documents[index])
-            labels.append([float(scores[best])] + [float(scores[i]) for i in drawn])
+        queries, positives, negatives, labels = self.draw(features)
         batch: dict = {"label": torch.tensor(labels)}
         columns = [("query", self.queries, queries), ("positive", self.documents, positives)]
         columns += [(f"negative_{i}", self.documents, slot) for i, slot in enumerate(negatives, start=1)]
@@ -267,6 +307,12 @@ def epoch_callback(collator: KDTripletCollator, seed: int):
     class KDTripletEpochCallback(TrainerCallback):
         def on_epoch_begin(self, args, state, control, **kwargs):
             collator.set_epoch_seed(seed + int(state.epoch or 0))
+
+        def on_step_end(self, args, state, control, **kwargs):  # after the trainer's own flow callback decided
+            collator.evaluating = bool(control.should_evaluate)
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            collator.evaluating = False
 
     return KDTripletEpochCallback()
 
@@ -287,6 +333,25 @@ def pretokenized_collator(model, tables, arguments: dict, cache: Path) -> Pretok
 
 
 # -------------------------------------------------------------------------------------------------- loss
+def regularizer_schedule(loss, scheduler_type, warmup_ratio):
+    """sentence-transformers' ``SpladeRegularizerWeightSchedulerCallback``, which sets the regulariser weights at
+    every step's start, also set at the start of a resumed run as the step before it left them: a run resumed from
+    its last checkpoint takes no step, and would otherwise end (and record) the weights as 0."""
+    import copy
+
+    from sentence_transformers.sparse_encoder.callbacks import SpladeRegularizerWeightSchedulerCallback
+
+    class ResumableRegularizerSchedule(SpladeRegularizerWeightSchedulerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            super().on_train_begin(args, state, control, **kwargs)
+            if state.global_step > 0:
+                before = copy.copy(state)
+                before.global_step = state.global_step - 1
+                self.on_step_begin(args, before, control, **kwargs)
+
+    return ResumableRegularizerSchedule(loss=loss, scheduler_type=scheduler_type, warmup_ratio=warmup_ratio)
+
+
 def build_loss(model, phase: SpladePhase):
     from sentence_transformers.sparse_encoder.losses import (
         SparseDistillKLDivLoss,
@@ -314,7 +379,6 @@ def build_loss(model, phase: SpladePhase):
 def splade_trainer(phase: SpladePhase, init: Path, data: Path, args, seed: int, eval_data: Path | None = None):
     """(model, trainer); ``eval_data``: the folder of ``phase.eval_data`` (the in-training evaluator's sets)."""
     from sentence_transformers.sparse_encoder import SparseEncoderTrainer
-    from sentence_transformers.sparse_encoder.callbacks import SpladeRegularizerWeightSchedulerCallback
 
     from retrievers.data.kd import kd_rows, load_kd_tables
     from retrievers.data.tokens import cache_root
@@ -324,7 +388,7 @@ def splade_trainer(phase: SpladePhase, init: Path, data: Path, args, seed: int, 
     train, held_out = kd_rows(tables, phase.kept_documents, seed, phase.max_train_samples, phase.eval_samples)
     loss = build_loss(model, phase)
     # Explicit: without it the trainer silently adds the same callback with its own defaults (linear, 1/3).
-    schedule = SpladeRegularizerWeightSchedulerCallback(
+    schedule = regularizer_schedule(
         loss=loss, scheduler_type=phase.regularizer_schedule, warmup_ratio=phase.regularizer_warmup_ratio
     )
     collator_arguments: dict[str, Any] = dict(
