@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -23,22 +22,15 @@ import numpy as np
 import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parents[1]
-SETS = ("tiny-NanoMSMARCO", "tiny-NanoSciFact", "tiny-NanoNFCorpus")
+sys.path.insert(0, str(REPO / "benchmarks"))
+import synthetic as synthetic_data  # noqa: E402
+
+SETS = synthetic_data.SETS
 
 
 def synthetic(workdir: Path, passages: int, queries: int, seed: int = 0) -> tuple[Path, list[dict]]:
-    corpus = workdir / f"synthetic-{passages}.jsonl"
-    rng = np.random.default_rng(seed)
-    words = np.array([w for name in SETS for row in pq.read_table(
-        next((REPO / "fixtures" / "datasets" / name / "corpus").glob("*.parquet"))).to_pylist()
-        for w in row["text"].split()])
-    if not corpus.exists():
-        tmp = corpus.with_suffix(".tmp")
-        with tmp.open("w") as out:
-            for i in range(passages):
-                text = " ".join(rng.choice(words, size=rng.integers(20, 41)))
-                out.write(json.dumps({"id": f"p{i}", "text": text}) + "\n")
-        os.replace(tmp, corpus)
+    corpus = synthetic_data.write_corpus(workdir / f"synthetic-{passages}.jsonl", passages,
+                                         synthetic_data.fixture_words(), seed=seed)
     picks = np.random.default_rng(seed + 1).choice(passages, size=queries, replace=False)
     wanted = set(int(p) for p in picks)
     texts = {}

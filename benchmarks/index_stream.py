@@ -105,9 +105,18 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=10_000)
     parser.add_argument("--processes", type=int, default=0)
     parser.add_argument("--exact", action="store_true", help="skip the approximate index (encoding only)")
-    parser.add_argument("--skip-uninterrupted", action="store_true")
+    parser.add_argument("--skip-uninterrupted", action="store_true",
+                        help="only the killed and resumed runs (e.g. beside an uninterrupted run in another process)")
+    parser.add_argument("--compare-only", action="store_true", help="only compare WORKDIR/whole and WORKDIR/resumed")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
+    if args.compare_only:
+        whole, resumed = args.workdir / "whole", args.workdir / "resumed"
+        compared = {"same_index": same_index(whole, resumed),
+                    "sha256": {"whole": fingerprint(whole), "resumed": fingerprint(resumed)}}
+        print(json.dumps(compared), flush=True)
+        (args.workdir / "compare.json").write_text(json.dumps(compared, indent=2))
+        return
     start = time.perf_counter()
     data = corpus(args.workdir, args.passages)
     print(json.dumps({"corpus": str(data), "bytes": data.stat().st_size,
@@ -131,7 +140,8 @@ def main() -> None:
         results["same_index"] = same_index(args.workdir / "whole", resumed_dir)
         results["sha256"] = {"whole": fingerprint(args.workdir / "whole"), "resumed": fingerprint(resumed_dir)}
         print(json.dumps({"same_index": results["same_index"], "sha256": results["sha256"]}), flush=True)
-    (args.workdir / "results.json").write_text(json.dumps(results, indent=2))
+    name = "results-resume.json" if args.skip_uninterrupted else "results.json"
+    (args.workdir / name).write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -72,3 +72,69 @@ def tiny_splade(folder: Path, max_seq_length: int = 256) -> Path:
                                           max_seq_length=max_seq_length), SpladePooling("max")],
                   device="cpu").save(str(folder))
     return folder
+
+
+# --------------------------------------------------------------- a sparse model with a realistic vocabulary
+REALISTIC_VOCABULARY = 30522  # bert-base-uncased's, as NeoBERT's
+SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
+
+
+def zipf_words(distinct: int = 60_000, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """(``distinct`` made-up words of 1-4 syllables, their Zipf-Mandelbrot probabilities p(rank) ~ 1/(rank+2.7)):
+    word frequencies shaped like English's."""
+    rng = np.random.default_rng(seed)
+    words: dict[str, None] = {}
+    while len(words) < distinct:
+        words["".join(rng.choice(SYLLABLES, size=rng.integers(1, 5)))] = None
+    weights = 1.0 / (np.arange(distinct) + 2.7)
+    return list(words), weights / weights.sum()
+
+
+def sparse_splade(folder: Path, vocab_size: int = REALISTIC_VOCABULARY, active_cosine: float = 0.45,
+                  max_seq_length: int = 256, seed: int = 0) -> Path:
+    """A SPLADE model whose vectors are sparse as a trained SPLADE's are, over a vocabulary of bert's size.
+
+    Not trained: a randomly initialised tiny NeoBERT (2 layers x 64) whose WordPiece vocabulary is the special
+    tokens, single characters and the most frequent ``zipf_words`` (rarer words split into characters, as rare
+    words do in bert's), with its MLM decoder set to the normalised input embeddings and a bias, so that a token
+    activates the terms whose embedding is within ``active_cosine`` of its final hidden state (itself, a few
+    others, and what attention mixes in) and nothing else; SPLADE's max pooling then gives a document a few
+    hundred of 30,522 terms and a query a few dozen."""
+    if (folder / "modules.json").exists():
+        return folder
+    import sys
+
+    import torch
+    from sentence_transformers import SparseEncoder
+    from sentence_transformers.sparse_encoder.models import MLMTransformer, SpladePooling
+
+    sys.path.insert(0, str(REPO))
+    from retrievers.models.neobert import NeoBERTConfig, NeoBERTLMHead
+    from tools.fixture import save_wordpiece_tokenizer
+
+    base = folder / "mlm"
+    chars = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)]
+    vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + [f"##{c}" for c in chars]
+    words, _ = zipf_words(seed=seed)
+    vocabulary += [w for w in words if w not in set(vocabulary)][: vocab_size - len(vocabulary)]
+    save_wordpiece_tokenizer(vocabulary, base)
+    torch.manual_seed(seed)
+    config = NeoBERTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                           vocab_size=len(vocabulary), max_length=512, pad_token_id=0)
+    model = NeoBERTLMHead(config)
+    with torch.no_grad():
+        embedding = model.model.encoder.weight
+        unit = embedding / embedding.norm(dim=1, keepdim=True)
+        scale = 4.0  # the final RMSNorm makes |h| = sqrt(hidden): logit = scale * sqrt(64) * cos(h, e_term) + bias
+        model.decoder.weight.copy_(scale * unit)
+        model.decoder.bias.fill_(-scale * config.hidden_size**0.5 * active_cosine)
+    model.save_pretrained(base)
+    SparseEncoder(modules=[MLMTransformer(str(base), max_seq_length=max_seq_length), SpladePooling("max")],
+                  device="cpu").save(str(folder))
+    return folder
+
+
+def write_zipf_corpus(path: Path, passages: int, seed: int = 0) -> Path:
+    """MS MARCO-length passages of ``zipf_words`` drawn by their frequencies."""
+    words, probabilities = zipf_words(seed=seed)
+    return write_corpus(path, passages, words, seed=seed + 1, probabilities=probabilities)
