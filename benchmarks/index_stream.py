@@ -70,12 +70,13 @@ def run(args: list[str], kill_at_shards: int | None, index_dir: Path) -> dict:
             "last_lines": stderr.strip().splitlines()[-4:]}
 
 
-def fingerprint(index_dir: Path) -> str:
-    """sha256 over every shard's array names, dtypes, shapes and bytes, in shard order."""
+def fingerprint(index_dir: Path, names: list[str] | None = None) -> str:
+    """sha256 over every shard's (or the ``names`` shards') array names, dtypes, shapes and bytes, in order."""
     import hashlib
 
     digest = hashlib.sha256()
-    for path in sorted((index_dir / "shards").glob("[0-9]*.npz")):
+    paths = sorted((index_dir / "shards").glob("[0-9]*.npz"))
+    for path in paths if names is None else [index_dir / "shards" / n for n in names]:
         with np.load(path) as arrays:
             for key in arrays.files:
                 value = np.ascontiguousarray(arrays[key])
@@ -84,14 +85,18 @@ def fingerprint(index_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def same_index(a: Path, b: Path) -> bool:
-    names = sorted(p.name for p in (a / "shards").glob("*.npz"))
-    if names != sorted(p.name for p in (b / "shards").glob("*.npz")):
-        return False
+def same_shards(a: Path, b: Path, names: list[str]) -> bool:
     for name in names:
         with np.load(a / "shards" / name) as x, np.load(b / "shards" / name) as y:
             if x.files != y.files or any(not np.array_equal(x[k], y[k]) for k in x.files):
                 return False
+    return True
+
+
+def same_index(a: Path, b: Path) -> bool:
+    names = sorted(p.name for p in (a / "shards").glob("*.npz"))
+    if names != sorted(p.name for p in (b / "shards").glob("*.npz")) or not same_shards(a, b, names):
+        return False
     keys = ("documents", "build", "search", "mode")
     ra, rb = (json.loads((d / "retrievers-index.json").read_text()) for d in (a, b))
     return all(ra.get(k) == rb.get(k) for k in keys)
@@ -108,8 +113,19 @@ def main() -> None:
     parser.add_argument("--skip-uninterrupted", action="store_true",
                         help="only the killed and resumed runs (e.g. beside an uninterrupted run in another process)")
     parser.add_argument("--compare-only", action="store_true", help="only compare WORKDIR/whole and WORKDIR/resumed")
+    parser.add_argument("--reference", type=Path,
+                        help="with --compare-only: compare WORKDIR/resumed's shards with the same shards of this "
+                             "uninterrupted index of a longer corpus whose first rows are this corpus")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
+    if args.compare_only and args.reference:
+        resumed = args.workdir / "resumed"
+        names = sorted(p.name for p in (resumed / "shards").glob("[0-9]*.npz"))
+        compared = {"shards": len(names), "same_shards": same_shards(args.reference, resumed, names),
+                    "sha256": {"reference": fingerprint(args.reference, names), "resumed": fingerprint(resumed)}}
+        print(json.dumps(compared), flush=True)
+        (args.workdir / "compare.json").write_text(json.dumps(compared, indent=2))
+        return
     if args.compare_only:
         whole, resumed = args.workdir / "whole", args.workdir / "resumed"
         compared = {"same_index": same_index(whole, resumed),

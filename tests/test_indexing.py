@@ -146,3 +146,33 @@ def test_two_encoding_processes_write_the_shards_one_writes(tiny_splade, tmp_pat
         np.testing.assert_array_equal(one[name]["ids"], two[name]["ids"])
         np.testing.assert_array_equal(one[name]["indices"], two[name]["indices"])
         np.testing.assert_allclose(one[name]["data"], two[name]["data"], atol=1e-6)
+
+
+def test_pseudo_queries_are_short_seeded_and_mostly_from_their_document():
+    texts = [" ".join(f"d{d}w{i}" for i in range(30)) for d in range(200)]
+    queries = indexing.pseudo_queries(texts, seed=0)
+    assert queries == indexing.pseudo_queries(texts, seed=0) != indexing.pseudo_queries(texts, seed=1)
+    assert all(2 <= len(q.split()) <= 6 for q in queries)
+    own = [sum(w.startswith(f"d{d}w") for w in q.split()) / len(q.split()) for d, q in enumerate(queries)]
+    assert 0.6 < float(np.mean(own)) < 0.9  # a quarter of the words come from other documents
+
+
+def test_index_calibrates_on_given_queries_and_checks_held_out_pseudo_queries(tiny_splade, tmp_path):
+    """`--calibration-queries`: the parameters are chosen on the user's queries (the fixture's real ones), then
+    checked on held-out pseudo-queries; the record says so, and the real queries reach the target."""
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text("".join(json.dumps(q) + "\n" for q in QUERIES))
+    index_dir = tmp_path / "index"
+    out = _cli("index", str(tiny_splade), str(CORPUS), str(index_dir), "--processes", "1",
+               "--calibration-queries", str(queries))
+    assert f"on {len(QUERIES)} given queries" in out.stderr and "held-out" in out.stderr
+    record = json.loads((index_dir / indexing.INDEX_RECORD).read_text())
+    assert record["calibration_source"] == "given queries" and record["calibration_queries"] == len(QUERIES)
+    assert record["heldout_queries"] == indexing.CALIBRATION_QUERIES and record["met_target"]
+    assert record["calibration_recall@10"] >= indexing.TARGET_RECALL + indexing.CALIBRATION_MARGIN
+    assert record["heldout_recall@10"] >= indexing.TARGET_RECALL
+    from retrievers.cli import search_index
+
+    approx = [[(h["id"], h["score"]) for h in r["results"]] for r in search_index(index_dir, QUERIES, 10)]
+    exact = [[(h["id"], h["score"]) for h in r["results"]] for r in search_index(index_dir, QUERIES, 10, exact=True)]
+    assert indexing.recall_at(approx, exact, 10) == record["calibration_recall@10"]

@@ -136,10 +136,11 @@ def serve(
 
     def body():
         from retrievers.indexing import Searcher
-        from retrievers.serve import create_app
 
         searcher = Searcher(index_dir)  # a bad folder fails here, with one line, before the server starts
         import uvicorn
+
+        from retrievers.serve import create_app
 
         typer.echo(f"serving {index_dir} ({searcher.kind}, {searcher.record['documents']:,} documents) on "
                    f"http://{host}:{port}/", err=True)
