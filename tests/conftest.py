@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 import subprocess
 import sys
@@ -9,11 +11,28 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from retrievers.pipeline import OFFLINE_ENV as STAGE_OFFLINE_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 OFFLINE_ENV = STAGE_OFFLINE_ENV | {"TOKENIZERS_PARALLELISM": "false"}
+
+
+@functools.cache
+def _published_params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def published(*keys: str, **updates) -> dict:
+    """A copy of one block of the repository's params.yaml (config.py has no recipe defaults), with ``updates``
+    merged over it, e.g. ``published("phases", "neobert-splade", "splade", max_seq_length=32)``."""
+    from retrievers.profile import deep_merge
+
+    block = _published_params()
+    for key in keys:
+        block = block[key]
+    return deep_merge(copy.deepcopy(block), updates)
 
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True):

@@ -25,7 +25,6 @@ def workspace(smoke_run, tmp_path, monkeypatch):
     workspace = tmp_path / "ws"
     shutil.copytree(smoke_run.workspace, workspace, symlinks=True,
                     ignore=shutil.ignore_patterns(".dvc", "mlartifacts", "releases", "checkpoints"))
-    monkeypatch.chdir(workspace)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workspace}/mlflow.db")
     # datasets' cache does not see a changed local parquet file (it returns the first load's table; the data
     # loading of issue 11 reads parquet by content): a fresh cache per case.
@@ -45,11 +44,11 @@ def _snapshot(workspace: Path) -> dict:
     return {"runs": sorted((r.info.run_id, r.info.status) for r in runs), "files": files}
 
 
-def _stage_line(stage, key: str, monkeypatch, capsys) -> str:
+def _stage_line(stage, key: str, workspace: Path, monkeypatch, capsys) -> str:
     monkeypatch.setattr("sys.argv", [f"stages/{stage.__name__}.py", key])
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_:
-        pipeline.stage_main(stage, [key])
+        pipeline.stage_main(stage, [key, "--workspace", str(workspace)])
     lines = [line for line in capsys.readouterr().err.splitlines() if ": error: " in line]
     assert exit_.value.code == 1 and len(lines) == 1, lines
     return lines[0]
@@ -100,8 +99,9 @@ def _nan_gate_metric(ws):
 
 CASES = {
     "nan teacher score": (_nan_teacher_score, pipeline.train, "modernbert-xtr",
-                          r"train@modernbert-xtr: error: data/ms-marco-en-bge-gemma config 'train': row 5 \(query_id "
-                          r"\d+\): score 2 is nan \(teacher scores must be finite\); fix or drop it in the source"),
+                          r"train@modernbert-xtr: error: \S*/data/ms-marco-en-bge-gemma config 'train': row 5 "
+                          r"\(query_id \d+\): score 2 is nan \(teacher scores must be finite\); fix or drop it in the "
+                          r"source"),
     "empty query": (_empty_query, pipeline.train, "neobert-splade",
                     r"config 'queries': row 3 \(query_id \d+\): text is empty"),
     "triplets without negative": (_triplets_without_negative, pipeline.train, "modernbert-xtr-contrastive",
@@ -126,7 +126,7 @@ def test_bad_input_is_one_line_and_nothing_is_written(case, workspace, monkeypat
     damage, stage, key, message = CASES[case]
     damage(workspace)
     before = _snapshot(workspace)
-    line = _stage_line(stage, key, monkeypatch, capsys)
+    line = _stage_line(stage, key, workspace, monkeypatch, capsys)
     assert re.search(message, line), line
     assert _snapshot(workspace) == before, "a refused stage must write nothing (files, MLflow runs)"
     assert not (workspace / "releases").exists()

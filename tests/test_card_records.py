@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from retrievers.config import parse_params
+from retrievers.paths import Workspace
 from retrievers.profile import profile_params
 
 from .conftest import REPO
@@ -39,7 +40,8 @@ def workspace(tmp_path, monkeypatch):
     (tmp_path / "model_cards").mkdir()
     os.symlink(REPO / "model_cards" / "templates", tmp_path / "model_cards" / "templates")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    monkeypatch.chdir(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # the stages get the root passed in: nothing may land in the cwd
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.setenv("RETRIEVERS_GIT_COMMIT", "test")
     return tmp_path, params
@@ -50,7 +52,8 @@ def test_a_margin_mse_splade_phase_gets_a_card_naming_that_loss_with_its_paramet
     from retrievers.train import run_phase
 
     root, params = workspace
-    run_phase(params, PHASE)
+    ws = Workspace(root)
+    run_phase(ws, params, PHASE)
     record = json.loads((root / "models" / PHASE / "training_record.json").read_text())["phases"][-1]
     assert record["loss"]["class"] == "sentence_transformers.sparse_encoder.losses.SpladeLoss.SpladeLoss"
     inner = record["loss"]["config"]["loss"]
@@ -62,7 +65,7 @@ def test_a_margin_mse_splade_phase_gets_a_card_naming_that_loss_with_its_paramet
     (root / "metrics").mkdir()
     (root / "metrics" / f"{PHASE}.json").write_text(json.dumps({"NanoMSMARCO_dot_ndcg@10": 0.5,
                                                                         "NanoBEIR_mean_dot_ndcg@10": 0.5}))
-    card(params, PHASE)
+    card(ws, params, PHASE)
     text = (root / "model_cards" / PHASE / "README.md").read_text()
     assert "loss:SparseMarginMSELoss" in text and "loss:SpladeLoss" in text and "loss:FlopsLoss" in text
     assert "SparseMultipleNegativesRankingLoss" not in text  # nothing hand-written about the card's usual loss
@@ -72,3 +75,4 @@ def test_a_margin_mse_splade_phase_gets_a_card_naming_that_loss_with_its_paramet
     # the whole config the loss objects report, as the card prints it
     assert json.dumps(record["loss"]["config"], indent=2).replace("\n", "\n  ") in text
     assert '"similarity_fct": "pairwise_dot_score"' in text
+    assert not any((root / "elsewhere").iterdir()), "a stage wrote into the process's cwd"

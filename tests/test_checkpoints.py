@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from retrievers.config import parse_params
+from retrievers.paths import Workspace
 from retrievers.train.common import CHECKPOINT_SEAL, EpochSeededBatchSampling, prepare_checkpoints
 
 from .conftest import REPO
@@ -32,10 +33,10 @@ def _checkpoint(folder, step: int, sealed: bool = True):
     return path
 
 
-def test_unsealed_and_corrupt_checkpoints_are_skipped_with_a_warning(tmp_path, monkeypatch, caplog):
-    monkeypatch.chdir(tmp_path)
+def test_unsealed_and_corrupt_checkpoints_are_skipped_with_a_warning(tmp_path, caplog):
+    ws = Workspace(tmp_path)
     params = parse_params(yaml.safe_load((REPO / "params.yaml").read_text()))
-    assert prepare_checkpoints(params, PHASE) is None
+    assert prepare_checkpoints(ws, params, PHASE) is None
     folder = tmp_path / "checkpoints" / PHASE
     _checkpoint(folder, 4)
     corrupt = _checkpoint(folder, 8)
@@ -44,25 +45,25 @@ def test_unsealed_and_corrupt_checkpoints_are_skipped_with_a_warning(tmp_path, m
     torn = _checkpoint(folder, 16)
     (torn / "optimizer.pt").write_bytes(b"\x80\x02 not a whole pickle")
     with caplog.at_level(logging.WARNING, logger="retrievers.train.common"):
-        chosen = prepare_checkpoints(params, PHASE)
-    assert chosen == str(os.path.join("checkpoints", PHASE, "checkpoint-4"))
+        chosen = prepare_checkpoints(ws, params, PHASE)
+    assert chosen == str(folder / "checkpoint-4")
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 3 and all("\n" not in w for w in warnings)
-    assert f"skipping corrupt checkpoint checkpoints/{PHASE}/checkpoint-16 (UnpicklingError" in warnings[0]
+    assert f"skipping corrupt checkpoint {folder}/checkpoint-16 (UnpicklingError" in warnings[0]
     assert "checkpoint-12: not sealed" in warnings[1]
-    assert f"skipping corrupt checkpoint checkpoints/{PHASE}/checkpoint-8 (checkpoints/{PHASE}/checkpoint-8/model." \
+    assert f"skipping corrupt checkpoint {folder}/checkpoint-8 ({folder}/checkpoint-8/model." \
            "safetensors: unreadable weights" in warnings[2]
     assert (folder / "checkpoint-16").exists(), "nothing is deleted: the trainer rotates checkpoints itself"
 
 
-def test_a_changed_config_or_a_damaged_stamp_starts_afresh(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def test_a_changed_config_or_a_damaged_stamp_starts_afresh(tmp_path):
+    ws = Workspace(tmp_path)
     params = parse_params(yaml.safe_load((REPO / "params.yaml").read_text()))
-    prepare_checkpoints(params, PHASE)
+    prepare_checkpoints(ws, params, PHASE)
     folder = tmp_path / "checkpoints" / PHASE
     _checkpoint(folder, 4)
     (folder / "phase_config.json").write_text('{"sha2')  # a torn stamp: never trusted
-    assert prepare_checkpoints(params, PHASE) is None and not (folder / "checkpoint-4").exists()
+    assert prepare_checkpoints(ws, params, PHASE) is None and not (folder / "checkpoint-4").exists()
 
 
 @pytest.mark.parametrize("kind", ["batch_sampler", "no_duplicates"])

@@ -15,11 +15,11 @@ from retrievers.io import atomic_dir, write_json_atomic, write_text_atomic
 
 
 def _stage_line(capsys, monkeypatch, body) -> str:
-    monkeypatch.setattr(pipeline, "load_params", lambda: None)
+    monkeypatch.setattr(pipeline, "load_params", lambda path: None)
     monkeypatch.setattr("sys.argv", ["stages/card.py", "modernbert-xtr"])
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_:
-        pipeline.stage_main(lambda params, key: body(), ["modernbert-xtr"])
+        pipeline.stage_main(lambda ws, params, key: body(), ["modernbert-xtr"])
     lines = capsys.readouterr().err.strip().splitlines()
     assert exit_.value.code == 1 and len(lines) == 1, lines
     return lines[0]

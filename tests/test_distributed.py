@@ -57,13 +57,14 @@ def test_two_process_training_shares_the_data_and_writes_once(ddp_workspace, pha
     assert epochs[STEPS] == pytest.approx(1.0)
 
 
-def test_a_failed_torchrun_ends_the_stage_in_one_line(tmp_path, monkeypatch):
+def test_a_failed_torchrun_ends_the_stage_in_one_line(tmp_path):
     """The ranks print their own errors; the launching stage then ends with one line, not a second traceback."""
+    from retrievers.paths import Workspace
     from retrievers.train.common import launch_torchrun
 
-    monkeypatch.chdir(tmp_path)  # no stages/train.py here: both ranks fail at once
+    # no stages/train.py under this root: both ranks fail at once
     with pytest.raises(SystemExit) as exit_info:
-        launch_torchrun("modernbert-xtr-contrastive", 2)
+        launch_torchrun(Workspace(tmp_path), "modernbert-xtr-contrastive", 2)
     message = str(exit_info.value.code)
     assert message.startswith("train@modernbert-xtr-contrastive: error: torchrun exited with status ")
     assert "\n" not in message

@@ -12,24 +12,23 @@ import pytest
 
 from retrievers.config import HubRepo, LocalFolder, Source
 from retrievers.data.download import DownloadError, download_source, folder_digest
+from retrievers.paths import Workspace
 
 from .conftest import REPO
 
 
-def test_local_source_is_copied_with_its_record(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def test_local_source_is_copied_with_its_record(tmp_path):
     folder = REPO / "fixtures" / "models" / "tiny-modernbert"
-    download_source("base", Source(local=LocalFolder(path=folder, sha256=folder_digest(folder))))
+    download_source(Workspace(tmp_path), "base", Source(local=LocalFolder(path=folder, sha256=folder_digest(folder))))
     assert (tmp_path / "data" / "base" / "model.safetensors").exists()
     record = json.loads((tmp_path / "data" / "base" / "SOURCE.json").read_text())
     assert record["sha256"] == folder_digest(folder)
 
 
-def test_changed_local_source_is_refused_and_nothing_is_written(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def test_changed_local_source_is_refused_and_nothing_is_written(tmp_path):
     folder = REPO / "fixtures" / "models" / "tiny-modernbert"
     with pytest.raises(DownloadError, match="changed since"):
-        download_source("base", Source(local=LocalFolder(path=folder, sha256="0" * 64)))
+        download_source(Workspace(tmp_path), "base", Source(local=LocalFolder(path=folder, sha256="0" * 64)))
     assert not (tmp_path / "data" / "base").exists()
     assert not any((tmp_path / "data").iterdir())  # no half-written scratch folder left behind
 
@@ -38,7 +37,9 @@ def test_hub_download_offline_fails_within_seconds_naming_the_repo(tmp_path):
     code = (
         "from retrievers.config import HubRepo, Source\n"
         "from retrievers.data.download import download_source\n"
-        "download_source('kd', Source(hub=HubRepo(repo_id='lightonai/ms-marco-en-bge-gemma', repo_type='dataset',"
+        "from pathlib import Path\nfrom retrievers.paths import Workspace\n"
+        f"download_source(Workspace(Path({str(tmp_path)!r})), 'kd', Source(hub=HubRepo("
+        "repo_id='lightonai/ms-marco-en-bge-gemma', repo_type='dataset',"
         " revision='1a1ffe7cde403016be12ae532b249965b2293114')))\n"
     )
     start = time.perf_counter()

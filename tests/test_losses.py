@@ -12,7 +12,7 @@ from pylate import scores
 
 from retrievers.losses import TEMPERATURE_NAME, TemperatureDistillation, register_temperature
 
-from .conftest import REPO
+from .conftest import REPO, published
 
 
 def xtr_reference(q: torch.Tensor, docs: torch.Tensor, q_mask: torch.Tensor, d_mask: torch.Tensor, k: int):
@@ -58,7 +58,7 @@ def test_xtr_scores_on_a_hand_checkable_batch():
     assert reference.flatten().tolist() == pytest.approx([0.9, 0.7])
 
 
-TINY_COLBERT = dict(embedding_size=16, query_length=8, document_length=12)
+TINY_COLBERT = published("phases", "modernbert-xtr", "colbert", embedding_size=16, query_length=8, document_length=12)
 
 
 @pytest.fixture

@@ -11,6 +11,8 @@ import torch
 import retrievers  # noqa: F401  (registers model_type "neobert" with the Auto classes)
 from retrievers.models.neobert import NeoBERTBlock, NeoBERTConfig, NeoBERTLMHead, rope_rotations
 
+from .conftest import published
+
 TOKENIZER = Path(__file__).parent.parent / "fixtures" / "tokenizer"
 
 
@@ -135,7 +137,7 @@ def test_sparse_encoder_on_neobert_encodes_and_reloads_with_the_stock_loader(tmp
     base = tmp_path / "base"
     NeoBERTLMHead(tiny_config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)).save_pretrained(base)
     tokenizer.save_pretrained(base)
-    model = build_splade(base, SpladeConfig(max_seq_length=32))
+    model = build_splade(base, SpladeConfig(**published("phases", "neobert-splade", "splade", max_seq_length=32)))
     texts = ["the of and a in", "is to for with on as by at from that this"]
     vectors = model.encode(texts, convert_to_tensor=True)
     assert vectors.shape == (2, len(tokenizer))

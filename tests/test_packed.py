@@ -18,7 +18,7 @@ import torch
 from retrievers.config import ColBERTConfig, SpeedConfig, SpladeConfig, SpladePhase, parse_params
 from retrievers.packed import PackedColBERT, PackedColBERTCollator, PackedSparseEncoder, length_buckets, splade_max_pool
 
-from .conftest import REPO
+from .conftest import REPO, published
 
 FAST = SpeedConfig(length_buckets=True, bucket_tokens=64, pad_multiple=4, min_bucket_efficiency=0.9,
                    documents_to_longest=True, fused_splade_pooling=True, splade_chunk_tokens=40)
@@ -69,7 +69,8 @@ def _assert_same_loss_and_gradients(stock_model, fast_model, stock_loss, fast_lo
 def _colbert_pair():
     from pylate import models
 
-    colbert = ColBERTConfig(embedding_size=16, query_length=8, document_length=96)
+    colbert = ColBERTConfig(**published("phases", "modernbert-xtr", "colbert", embedding_size=16, query_length=8,
+                                      document_length=96))
     kwargs = dict(model_name_or_path=str(TINY_MODERNBERT), embedding_size=16, query_length=8, document_length=96,
                   query_prefix="", document_prefix="", device="cpu")
     torch.manual_seed(0)
@@ -159,8 +160,9 @@ def _splade_pair():
     from retrievers.models.splade import build_splade
 
     torch.manual_seed(0)
-    stock = build_splade(TINY_NEOBERT, SpladeConfig(max_seq_length=96))
-    fast = build_splade(TINY_NEOBERT, SpladeConfig(max_seq_length=96), FAST)
+    splade = SpladeConfig(**published("phases", "neobert-splade", "splade", max_seq_length=96))
+    stock = build_splade(TINY_NEOBERT, splade)
+    fast = build_splade(TINY_NEOBERT, splade, FAST)
     fast.load_state_dict(stock.state_dict())
     assert isinstance(fast, PackedSparseEncoder) and fast._fusable()
     return stock, fast

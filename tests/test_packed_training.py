@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from retrievers.config import SpeedConfig, parse_params
+from retrievers.paths import Workspace
 from retrievers.profile import profile_params
 
 from .conftest import REPO
@@ -34,7 +35,8 @@ def workspace(tmp_path_factory) -> Path:
     return root
 
 
-def _train_and_evaluate(params, phase_key: str, speed: SpeedConfig, out: Path) -> tuple[list[float], dict]:
+def _train_and_evaluate(ws: Workspace, params, phase_key: str, speed: SpeedConfig, out: Path
+                        ) -> tuple[list[float], dict]:
     from sentence_transformers import SentenceTransformerTrainingArguments
     from sentence_transformers.sparse_encoder import SparseEncoderTrainingArguments
 
@@ -51,27 +53,27 @@ def _train_and_evaluate(params, phase_key: str, speed: SpeedConfig, out: Path) -
     set_seed(params.seed)
     if phase.recipe == "splade":
         args = trainer_arguments(SparseEncoderTrainingArguments, phase.args, out, params.seed, report_to=())
-        model, trainer = splade_trainer(phase, base, data, args, params.seed)
+        model, trainer = splade_trainer(phase, base, data, args, params.seed, ws.folder(phase.eval_data))
     else:
         args = trainer_arguments(SentenceTransformerTrainingArguments, phase.args, out, params.seed, report_to=())
         build = contrastive_trainer if phase.recipe == "xtr-contrastive" else distillation_trainer
         model, trainer = build(phase, base, data, args)
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    metrics = evaluate_with(model, params.models[phase.model].evaluation)
+    metrics = evaluate_with(ws, model, params.models[phase.model].evaluation)
     return losses, {key: value for key, value in metrics.items() if key.endswith("ndcg@10")}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("phase_key", ["modernbert-xtr-contrastive", "modernbert-xtr", "neobert-splade"])
-def test_fixture_training_with_fast_paths_gives_the_same_metrics(workspace, tmp_path, monkeypatch, phase_key):
-    monkeypatch.chdir(workspace)
+def test_fixture_training_with_fast_paths_gives_the_same_metrics(workspace, tmp_path, phase_key):
+    ws = Workspace(workspace)
     params = parse_params(profile_params(REPO, "smoke"))
     fast = params.phases[phase_key].speed
     assert fast.length_buckets, "params.yaml turns the fast paths on for every recipe"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    fast_losses, fast_metrics = _train_and_evaluate(params, phase_key, fast, tmp_path / "fast")
-    stock_losses, stock_metrics = _train_and_evaluate(params, phase_key, SpeedConfig(), tmp_path / "stock")
+    fast_losses, fast_metrics = _train_and_evaluate(ws, params, phase_key, fast, tmp_path / "fast")
+    stock_losses, stock_metrics = _train_and_evaluate(ws, params, phase_key, SpeedConfig.stock(), tmp_path / "stock")
     print(phase_key, "losses", fast_losses, stock_losses, "metrics", fast_metrics, stock_metrics)
     assert len(fast_losses) == len(stock_losses) == STEPS // 2
     assert fast_losses[0] == pytest.approx(stock_losses[0], rel=1e-3)

@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from retrievers.config import SpladePhase
+from retrievers.config import SpeedConfig, SpladePhase
 from retrievers.models.neobert import NeoBERTConfig, NeoBERTLMHead
 from retrievers.train.splade import MuonWithAdamW, splade_trainer
+
+from .conftest import published
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 KD = FIXTURES / "datasets" / "tiny-ms-marco-en-bge-gemma"
@@ -34,16 +36,19 @@ def make_trainer(init: Path, output: Path, callbacks=(), args=None, phase_args=N
     from sentence_transformers.sparse_encoder import SparseEncoderTrainingArguments
     from sentence_transformers.training_args import BatchSamplers
 
-    phase = SpladePhase.model_validate(
-        {"recipe": "splade", "model": "neobert-splade", "init": str(init), "data": str(KD),
-         "splade": {"max_seq_length": 32}, "max_train_samples": 16, "heavyball_compile": False,
-         "args": {"per_device_train_batch_size": 8, "learning_rate": 1e-3} | (phase_args or {})} | phase_overrides
-    )
+    phase = SpladePhase.model_validate(published("phases", "neobert-splade", **({
+        "init": str(init), "data": str(KD), "eval_data": None, "splade": {"max_seq_length": 32},
+        "max_train_samples": 16, "eval_samples": 0, "heavyball_compile": False, "in_training_evaluation": None,
+        "speed": SpeedConfig.stock().model_dump(),
+        "args": {"per_device_train_batch_size": 8, "learning_rate": 1e-3, "weight_decay": 0.0, "eval_strategy": "no",
+                 "load_best_model_at_end": False, "metric_for_best_model": None} | (phase_args or {})}
+        | phase_overrides)))
     args = SparseEncoderTrainingArguments(**({
         "output_dir": str(output), "per_device_train_batch_size": 8, "learning_rate": 1e-3, "num_train_epochs": 2,
         "batch_sampler": BatchSamplers.NO_DUPLICATES, "dataloader_drop_last": True, "save_strategy": "steps",
         "save_steps": 2, "logging_steps": 1, "report_to": [], "seed": 0, "disable_tqdm": True} | (args or {})))
-    model, trainer = splade_trainer(phase, init, KD, args, seed=0)
+    eval_data = Path(phase.eval_data) if phase.eval_data else None  # an absolute folder in these tests
+    model, trainer = splade_trainer(phase, init, KD, args, seed=0, eval_data=eval_data)
     for callback in callbacks:
         trainer.add_callback(callback)
     return model, trainer

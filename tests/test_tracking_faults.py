@@ -16,6 +16,7 @@ import yaml
 from retrievers import tracking
 from retrievers.config import parse_params
 from retrievers.faults import EnvironmentFault
+from retrievers.paths import Workspace
 
 from .conftest import REPO
 
@@ -24,9 +25,8 @@ PHASE = "modernbert-xtr"
 
 @pytest.fixture
 def workspace(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    return parse_params(yaml.safe_load((REPO / "params.yaml").read_text()))
+    return Workspace(tmp_path), parse_params(yaml.safe_load((REPO / "params.yaml").read_text()))
 
 
 def _client():
@@ -39,11 +39,11 @@ def _client():
                                            (SystemExit(1), "FAILED")])
 def test_a_failed_or_interrupted_phase_ends_its_run_and_records_nothing(workspace, tmp_path, error, status):
     with pytest.raises(type(error)):
-        with tracking.phase_run(workspace, PHASE, stage="train") as run:
+        with tracking.phase_run(*workspace, PHASE, stage="train") as run:
             raise error
     assert _client().get_run(run.info.run_id).info.status == status
     assert not (tmp_path / "runs" / f"{PHASE}.json").exists(), "runs/<phase>.json must not name a failed run"
-    with tracking.phase_run(workspace, PHASE, stage="train") as run:
+    with tracking.phase_run(*workspace, PHASE, stage="train") as run:
         pass
     assert _client().get_run(run.info.run_id).info.status == "FINISHED"
     assert run.info.run_id in (tmp_path / "runs" / f"{PHASE}.json").read_text()
@@ -53,14 +53,14 @@ def test_a_run_left_running_by_a_killed_process_is_ended_killed_at_the_next_star
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     client = _client()
-    with tracking.phase_run(workspace, PHASE, stage="train") as run:
+    with tracking.phase_run(*workspace, PHASE, stage="train") as run:
         pass
     experiment = run.info.experiment_id
     orphan = client.create_run(experiment, tags={tracking.OWNER_PID: str(gone.pid),
                                                  tracking.OWNER_HOST: socket.gethostname()}).info.run_id
     alive = client.create_run(experiment, tags={tracking.OWNER_PID: str(os.getpid()),
                                                 tracking.OWNER_HOST: socket.gethostname()}).info.run_id
-    with tracking.resume_run(workspace, PHASE, stage="evaluate"):
+    with tracking.resume_run(*workspace, PHASE, stage="evaluate"):
         pass
     assert client.get_run(orphan).info.status == "KILLED"
     assert client.get_run(alive).info.status == "RUNNING", "a run whose process lives is left alone"
@@ -91,12 +91,12 @@ def test_a_tracking_server_that_is_down_is_one_line_naming_the_uri(tmp_path, mon
             except OSError:
                 time.sleep(0.5)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-        assert tracking.check_reachable() == uri
+        assert tracking.check_reachable(Workspace(tmp_path)) == uri
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
     with pytest.raises(EnvironmentFault, match=rf"MLflow tracking server at MLFLOW_TRACKING_URI={uri} does not answer"):
-        tracking.check_reachable(timeout=2)
+        tracking.check_reachable(Workspace(tmp_path), timeout=2)
     # The stage itself: one line on stderr, exit status 1, before anything is loaded.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://user:secret@127.0.0.1:{port}")
     result = subprocess.run([sys.executable, str(REPO / "stages" / "evaluate.py"), "modernbert-xtr"], cwd=REPO,

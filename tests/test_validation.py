@@ -287,14 +287,15 @@ def test_n_ways_below_two_and_unknown_loss_are_refused():
 
 
 def test_unknown_optimizer_and_schedule_names_are_refused_before_training():
+    from retrievers.paths import Workspace
     from retrievers.train.common import check_phase_inputs
 
     params = parse_params(_params(optim="adamw_typo"))
     with pytest.raises(InputError, match=r"phases.modernbert-xtr.args.optim: unknown 'adamw_typo'; use one of"):
-        check_phase_inputs(params.phases["modernbert-xtr"], "modernbert-xtr")
+        check_phase_inputs(Workspace(REPO), params.phases["modernbert-xtr"], "modernbert-xtr")
     params = parse_params(_params(lr_scheduler_type="wsd"))
     with pytest.raises(InputError, match=r"args.lr_scheduler_type: unknown 'wsd'; use one of linear, cosine"):
-        check_phase_inputs(params.phases["modernbert-xtr"], "modernbert-xtr")
+        check_phase_inputs(Workspace(REPO), params.phases["modernbert-xtr"], "modernbert-xtr")
 
 
 def test_n_ways_above_the_data_is_refused():

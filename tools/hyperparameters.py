@@ -29,7 +29,7 @@ import yaml
 from retrievers.cards.arguments import trainer_hyperparameters
 from retrievers.config import Params, SpladePhase, XTRContrastivePhase, XTRDistillationPhase, load_params
 
-PUBLISHED_DIR = Path("model_cards/published")
+PUBLISHED_DIR = Path(__file__).resolve().parents[1] / "model_cards" / "published"
 
 BULLET = re.compile(r"^\s*(?:•|-)\s*`?([A-Za-z_][A-Za-z0-9_]*)`?:\s*(.*?)\s*$")
 SECTIONS = ("All Hyperparameters", "Non-Default Hyperparameters")
@@ -291,7 +291,7 @@ def report(params: Params, published_dir: Path = PUBLISHED_DIR) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--params", type=Path, default=PUBLISHED_DIR.parents[1] / "params.yaml")
     parser.add_argument("--extract", type=Path, metavar="CARDS_DIR", help="re-extract model_cards/published/")
     parser.add_argument("--write", type=Path, help="write the report here")
     parser.add_argument("--check", type=Path, help="exit 1 if this committed report is out of date")

@@ -39,6 +39,7 @@ from typing import Any
 import yaml
 
 from retrievers.config import Params, SpladePhase, XTRContrastivePhase, XTRDistillationPhase, load_params
+from retrievers.paths import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
 FULL_SIZE = REPO / "tools" / "full-size"
@@ -260,19 +261,19 @@ def _step_timer():
     return StepTimer()
 
 
-def run_one_phase(phase_key: str) -> dict[str, Any]:
-    """In the rehearsal workspace (the current directory): train one phase via run_phase, measure it."""
+def run_one_phase(ws: Workspace, phase_key: str) -> dict[str, Any]:
+    """In the rehearsal workspace: train one phase via run_phase, measure it."""
     import torch
 
     from retrievers.train import run_phase
 
-    params = load_params("params.yaml")
+    params = load_params(ws.params_file)
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     timer = _step_timer()
     start = time.perf_counter()
-    run_phase(params, phase_key, callbacks=[timer])
+    run_phase(ws, params, phase_key, callbacks=[timer])
     args = params.phases[phase_key].args
     usage = resource.getrusage(resource.RUSAGE_SELF)
     peak = torch.cuda.max_memory_allocated() if cuda else usage.ru_maxrss * 1024
@@ -345,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run-phase", help=argparse.SUPPRESS)  # internal: one phase, in the workspace
     args = parser.parse_args(argv)
     if args.run_phase:
-        print(RESULT_PREFIX + json.dumps(run_one_phase(args.run_phase)), flush=True)
+        print(RESULT_PREFIX + json.dumps(run_one_phase(Workspace.at(args.workdir), args.run_phase)), flush=True)
         return
 
     import torch
@@ -363,7 +364,8 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     for key in args.phases or list(params.phases):
         print(f"rehearse: {key} ...", flush=True)
-        process = subprocess.run([sys.executable, "-m", "tools.rehearse", "--run-phase", key],
+        process = subprocess.run([sys.executable, "-m", "tools.rehearse", "--run-phase", key,
+                                  "--workdir", str(args.workdir.resolve())],
                                  cwd=args.workdir, env=env, capture_output=True, text=True)
         lines = [line for line in process.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
         if process.returncode != 0 or not lines:

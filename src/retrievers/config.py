@@ -1,5 +1,10 @@
 """Typed view of params.yaml. Loading validates everything once; past this boundary code gets frozen objects.
 
+params.yaml is the only home of recipe values: every field that can change a trained model, a metric or which
+data is read has no default here, so a recipe that leaves one out fails at load. The few defaults that remain
+cannot change a result; each says why (``# not a recipe value: ...``), and ``tests/test_params_explicit.py``
+fails on any other default.
+
 An unknown or mistyped key anywhere fails at load with the key's dotted path, e.g.
 ``params.yaml: models.modernbert-xtr.evaluation.batchsize: unknown key``.
 """
@@ -27,6 +32,8 @@ class HubRepo(Strict):
     repo_id: str
     revision: str
     repo_type: Literal["model", "dataset"]
+    # not a recipe value: which files of the pinned revision are fetched (None: all); data/<key> is a DVC output
+    # whose content hash every later stage depends on, so a change shows as a changed input
     allow_patterns: list[str] | None = None
 
     @property
@@ -41,13 +48,14 @@ class LocalFolder(Strict):
     changed fixture as a changed parameter, and download refuses a folder that no longer matches it."""
 
     path: Path
-    sha256: str | None = None
+    sha256: str | None = None  # not a recipe value: a check that the folder is still the one DVC saw
 
 
 class Source(Strict):
     """What one ``download@<key>`` stage fetches into ``data/<key>``: one repository or folder, or a group of
     them fetched into sub-folders (e.g. the 13 NanoBEIR sets)."""
 
+    # not recipe values: exactly one of the three is set (validated), the others are absent
     hub: HubRepo | None = None
     local: LocalFolder | None = None
     members: dict[str, HubRepo | LocalFolder] | None = None
@@ -61,18 +69,18 @@ class Source(Strict):
 
 # ------------------------------------------------------------------------------------------------ models
 class ColBERTConfig(Strict):
-    embedding_size: int = Field(128, ge=1)
-    query_length: int = Field(32, ge=1)
-    document_length: int = Field(512, ge=1)
-    query_prefix: str = ""
-    document_prefix: str = ""
-    attend_to_expansion_tokens: bool = False
+    embedding_size: int = Field(ge=1)
+    query_length: int = Field(ge=1)
+    document_length: int = Field(ge=1)
+    query_prefix: str
+    document_prefix: str
+    attend_to_expansion_tokens: bool
 
 
 class SpladeConfig(Strict):
-    max_seq_length: int = Field(256, ge=1)
-    pooling_strategy: Literal["max", "sum"] = "max"
-    activation_function: Literal["relu", "log1p_relu"] = "relu"
+    max_seq_length: int = Field(ge=1)
+    pooling_strategy: Literal["max", "sum"]
+    activation_function: Literal["relu", "log1p_relu"]
 
 
 class PyLateNanoBEIR(Strict):
@@ -81,7 +89,7 @@ class PyLateNanoBEIR(Strict):
     evaluator: Literal["pylate-nanobeir"]
     data: str = Field(description="source key whose members are the Nano* sets")
     datasets: list[str] = Field(min_length=1)
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(ge=1)
 
 
 class SparseNanoBEIR(Strict):
@@ -90,11 +98,12 @@ class SparseNanoBEIR(Strict):
     evaluator: Literal["sparse-nanobeir"]
     data: str = Field(description="source key of a NanoBEIR-en style dataset")
     datasets: list[str] = Field(min_length=1)
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(ge=1)
 
 
 class HubPushConfig(Strict):
-    """Publishing the verified bundle to ``hub_repo_id`` as one commit plus a version tag.
+    """Publishing the verified bundle to ``hub_repo_id`` as one commit plus a version tag. Not recipe values:
+    they decide where and whether a verified bundle is published, not what it holds.
 
     ``push`` needs HF_TOKEN in the environment; ``dry_run`` prints the files and sizes it would push and
     pushes nothing (no token needed); ``force`` moves an existing ``tag`` instead of refusing."""
@@ -107,10 +116,10 @@ class HubPushConfig(Strict):
 
 class ReleaseConfig(Strict):
     gate_metric: str
-    gate_min: float = 0.0
+    gate_min: float
     registered_model_name: str
     probe_texts: list[str] = Field(min_length=1)
-    hub: HubPushConfig = HubPushConfig()
+    hub: HubPushConfig = HubPushConfig()  # not a recipe value: see HubPushConfig
 
 
 class ModelConfig(Strict):
@@ -120,7 +129,7 @@ class ModelConfig(Strict):
     title: str
     hub_repo_id: str = Field(description="where releases of this model go on the Hub")
     reference: HubRepo | None = Field(
-        default=None, description="the published checkpoint this recipe reproduces (python -m retrievers.reproduce)"
+        description="the published checkpoint this recipe reproduces (python -m retrievers.reproduce)"
     )
     evaluation: Annotated[PyLateNanoBEIR | SparseNanoBEIR, Field(discriminator="evaluator")]
     release: ReleaseConfig
@@ -128,41 +137,41 @@ class ModelConfig(Strict):
 
 # ------------------------------------------------------------------------------------------------ phases
 class TrainerArgs(Strict):
-    """The subset of (Sentence)TrainingArguments the recipes set; everything else keeps its default.
+    """The subset of (Sentence)TrainingArguments the recipes set; everything else keeps the library's default.
 
     ``optim``, ``ddp_find_unused_parameters`` and ``average_tokens_across_devices`` are pinned to the values
     in the published cards: transformers 5 changed their defaults (see ``python -m tools.hyperparameters``)."""
 
     per_device_train_batch_size: int = Field(ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
+    gradient_accumulation_steps: int = Field(ge=1)
     learning_rate: float = Field(gt=0)
-    warmup_ratio: float = Field(0.0, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    lr_scheduler_type: str = "linear"
-    max_steps: int = Field(-1, description="-1: train for num_train_epochs")
-    num_train_epochs: float = Field(1.0, gt=0)
-    fp16: bool = False
-    bf16: bool = False
-    torch_compile: bool = False
-    logging_steps: int = Field(10, ge=1)
-    save_steps: int = Field(500, ge=1)
-    save_total_limit: int = Field(2, ge=1)
-    eval_strategy: Literal["no", "steps"] = "no"
-    eval_steps: int | None = Field(None, ge=1)
-    per_device_eval_batch_size: int = Field(8, ge=1)
-    load_best_model_at_end: bool = False
-    metric_for_best_model: str | None = None
-    dataloader_drop_last: bool = True
-    dataloader_num_workers: int = Field(0, ge=0)
-    dataloader_prefetch_factor: int | None = Field(None, ge=1)
-    batch_sampler: Literal["batch_sampler", "no_duplicates"] = "batch_sampler"
-    optim: str = "adamw_torch"
+    warmup_ratio: float = Field(ge=0, lt=1)
+    weight_decay: float = Field(ge=0)
+    lr_scheduler_type: str
+    max_steps: int = Field(description="-1: train for num_train_epochs")
+    num_train_epochs: float = Field(gt=0)
+    fp16: bool
+    bf16: bool
+    torch_compile: bool
+    logging_steps: int = Field(ge=1)
+    save_steps: int = Field(ge=1)
+    save_total_limit: int = Field(2, ge=1)  # not a recipe value: how many trainer checkpoints stay on disk
+    eval_strategy: Literal["no", "steps"]
+    eval_steps: int | None = Field(ge=1)
+    per_device_eval_batch_size: int = Field(ge=1)
+    load_best_model_at_end: bool
+    metric_for_best_model: str | None
+    dataloader_drop_last: bool
+    dataloader_num_workers: int = Field(ge=0)
+    dataloader_prefetch_factor: int | None = Field(ge=1)
+    batch_sampler: Literal["batch_sampler", "no_duplicates"]
+    optim: str
     learning_rate_mapping: dict[str, float] = Field(
-        default_factory=dict, description="parameter-name regex -> its own learning rate (sentence-transformers)"
+        description="parameter-name regex -> its own learning rate (sentence-transformers)"
     )
-    use_cpu: bool = Field(False, description="train on the CPU even with a GPU (bf16 on CPU needs it: `make rehearse`)")
-    ddp_find_unused_parameters: bool | None = False
-    average_tokens_across_devices: bool = False
+    use_cpu: bool = Field(description="train on the CPU even with a GPU (bf16 on CPU needs it: `make rehearse`)")
+    ddp_find_unused_parameters: bool | None
+    average_tokens_across_devices: bool
 
     @field_validator("max_steps")
     @classmethod
@@ -174,24 +183,30 @@ class TrainerArgs(Strict):
 
 class SpeedConfig(Strict):
     """Training fast paths (``retrievers.packed``). Each computes what the stock path computes (equal losses and
-    gradients, ``tests/test_packed.py``); off by default, on in the published recipes."""
+    gradients, ``tests/test_packed.py``) up to float rounding, so they are recipe values too; on in the published
+    recipes. ``SpeedConfig.stock()`` is every path off (the libraries' own code), for tests and benchmarks."""
 
     length_buckets: bool = Field(
-        default=False, description="encode a batch in length-sorted micro-forwards, each trimmed to its longest "
-        "row; outputs reassembled in the batch's order and shape")
-    bucket_tokens: int = Field(default=16384, ge=1, description="token positions per micro-forward (rows x width)")
-    pad_multiple: int = Field(default=8, ge=1, description="micro-forward widths are rounded up to this multiple")
+        description="encode a batch in length-sorted micro-forwards, each trimmed to its longest row; outputs "
+        "reassembled in the batch's order and shape")
+    bucket_tokens: int = Field(ge=1, description="token positions per micro-forward (rows x width)")
+    pad_multiple: int = Field(ge=1, description="micro-forward widths are rounded up to this multiple")
     min_bucket_efficiency: float = Field(
-        default=0.95, gt=0, le=1,
+        gt=0, le=1,
         description="a micro-forward closes before a row that would bring its real tokens / positions below this")
     documents_to_longest: bool = Field(
-        default=False, description="ColBERT: pad documents to the batch's longest, not to document_length "
-        "(padded positions are masked out of the scores)")
+        description="ColBERT: pad documents to the batch's longest, not to document_length (padded positions are "
+        "masked out of the scores)")
     fused_splade_pooling: bool = Field(
-        default=False, description="SPLADE on NeoBERT: max-pooled log1p(relu) activations without the "
-        "tokens x vocabulary tensor (custom autograd function)")
-    splade_chunk_tokens: int = Field(
-        default=2048, ge=1, description="token positions whose vocabulary logits exist at once")
+        description="SPLADE on NeoBERT: max-pooled log1p(relu) activations without the tokens x vocabulary tensor "
+        "(custom autograd function)")
+    splade_chunk_tokens: int = Field(ge=1, description="token positions whose vocabulary logits exist at once")
+
+    @classmethod
+    def stock(cls) -> SpeedConfig:
+        """Every fast path off: the stock libraries' code (the sizes are then unused)."""
+        return cls(length_buckets=False, bucket_tokens=16384, pad_multiple=8, min_bucket_efficiency=0.95,
+                   documents_to_longest=False, fused_splade_pooling=False, splade_chunk_tokens=2048)
 
 
 class PhaseBase(Strict):
@@ -199,51 +214,50 @@ class PhaseBase(Strict):
     init: str = Field(description="folder the phase starts from: data/<base model> or models/<earlier phase>")
     data: str = Field(description="folder of the training dataset: data/<source key>")
     eval_data: str | None = Field(
-        default=None,
         description="folder the in-training evaluator reads (data/<source key>); a phase without one repeats `data`, "
         "since dvc.yaml declares this folder a dependency of every train@ stage",
     )
-    max_train_samples: int | None = Field(None, ge=1)
+    max_train_samples: int | None = Field(ge=1)
     nproc_per_node: int = Field(
-        1, ge=1, description="training processes on this node (one per GPU); above 1 train@ runs under torchrun (DDP)"
+        ge=1, description="training processes on this node (one per GPU); above 1 train@ runs under torchrun (DDP)"
     )
     args: TrainerArgs
-    speed: SpeedConfig = SpeedConfig()
+    speed: SpeedConfig
 
 
 class XTRContrastivePhase(PhaseBase):
     recipe: Literal["xtr-contrastive"]
     colbert: ColBERTConfig
-    k_train: int = Field(256, ge=1)
-    temperature: float = Field(0.05, gt=0, description="the scores are divided by it (its initial value if learnable)")
+    k_train: int = Field(ge=1)
+    temperature: float = Field(gt=0, description="the scores are divided by it (its initial value if learnable)")
     learnable_temperature: bool = Field(
-        True, description="a parameter registered on the model, trained at the model's lr and weight decay (the fork)"
+        description="a parameter registered on the model, trained at the model's lr and weight decay (the fork)"
     )
-    gather_across_devices: bool = True
+    gather_across_devices: bool
 
 
 class XTRDistillationPhase(PhaseBase):
     recipe: Literal["xtr-distillation"]
     colbert: ColBERTConfig
-    k_train: int = Field(256, ge=1)
-    n_ways: int = Field(16, ge=2, description="documents per query: the positive and at least one negative")
-    temperature: float = Field(1.0, gt=0, description="the student scores are divided by it (initial if learnable)")
-    learnable_temperature: bool = True
+    k_train: int = Field(ge=1)
+    n_ways: int = Field(ge=2, description="documents per query: the positive and at least one negative")
+    temperature: float = Field(gt=0, description="the student scores are divided by it (initial if learnable)")
+    learnable_temperature: bool
     minmax_normalize_scores: bool = Field(
-        True, description="min-max normalise student and teacher scores per query first (the fork's `true` = both)"
+        description="min-max normalise student and teacher scores per query first (the fork's `true` = both)"
     )
-    teacher_scores: Literal["train", "train_unormalized"] = "train"
+    teacher_scores: Literal["train", "train_unormalized"]
 
 
 class MuonConfig(Strict):
     """``optimizer: torch-muon-adamw`` only: ``torch.optim.Muon`` for the encoder's hidden 2-D matrices; the rest
     (embeddings, MLM decoder, norms, biases) goes to AdamW, both at ``args.learning_rate``, ``args.weight_decay``."""
 
-    momentum: float = 0.95
-    nesterov: bool = True
-    ns_steps: int = 5
+    momentum: float
+    nesterov: bool
+    ns_steps: int
     adjust_lr_fn: Literal["original", "match_rms_adamw"] = Field(
-        default="match_rms_adamw", description="scale Muon's update to AdamW's RMS, so one learning rate serves both"
+        description="scale Muon's update to AdamW's RMS, so one learning rate serves both"
     )
 
 
@@ -251,9 +265,9 @@ class WSDSchedule(Strict):
     """``transformers.get_wsd_schedule`` over the run's optimizer updates (library defaults otherwise: linear
     warmup, cosine decay). Phase lengths are fractions of the updates, rounded as the author's script rounds them."""
 
-    warmup_ratio: float = Field(default=0.05, ge=0, le=1)
-    decay_ratio: float = Field(default=0.4, ge=0, le=1)
-    min_lr_ratio: float = Field(default=0.2, ge=0, le=1)
+    warmup_ratio: float = Field(ge=0, le=1)
+    decay_ratio: float = Field(ge=0, le=1)
+    min_lr_ratio: float = Field(ge=0, le=1)
 
 
 class InTrainingEvaluation(Strict):
@@ -261,42 +275,37 @@ class InTrainingEvaluation(Strict):
     ``eval_NanoBEIR_mean_dot_ndcg@10`` ``args.load_best_model_at_end`` selects the saved checkpoint by."""
 
     datasets: list[str] = Field(min_length=1)
-    batch_size: int = 8
+    batch_size: int = Field(ge=1)
 
 
 class SpladePhase(PhaseBase):
     recipe: Literal["splade"]
     splade: SpladeConfig
     loss: Literal["mnrl", "margin-mse", "distill-kldiv"] = Field(
-        default="mnrl",
         description="inside SpladeLoss: SparseMultipleNegativesRankingLoss (the card), or soft distillation on "
         "the teacher scores with SparseMarginMSELoss or SparseDistillKLDivLoss",
     )
     optimizer: Literal["heavyball-muon", "torch-muon-adamw", "adamw"] = Field(
-        default="heavyball-muon",
         description="heavyball-muon: heavyball.ForeachMuon over every parameter in the author's two weight-decay "
         "groups; torch-muon-adamw: torch.optim.Muon (hidden matrices) + AdamW (the rest); adamw: AdamW only",
     )
     heavyball_compile: bool = Field(
-        True, description="heavyball-muon: torch.compile its update functions (the library's default); false: eager"
-    )
-    muon: MuonConfig = MuonConfig()
-    lr_schedule: WSDSchedule | None = Field(default=WSDSchedule(), description="null: the trainer's lr_scheduler_type")
-    teacher_scores: Literal["train", "train_unormalized"] = "train_unormalized"
-    n_negatives: int = Field(1, ge=1)
+        description="heavyball-muon: torch.compile its update functions (the library's default); false: eager")
+    muon: MuonConfig
+    lr_schedule: WSDSchedule | None = Field(description="null: the trainer's lr_scheduler_type")
+    teacher_scores: Literal["train", "train_unormalized"]
+    n_negatives: int = Field(ge=1)
     kept_documents: int = Field(
-        32, ge=2, description="scored documents kept per row before the positive and negatives are drawn"
-    )
-    query_regularizer_weight: float = Field(3e-4, ge=0)
-    document_regularizer_weight: float = Field(3e-4, ge=0)
-    regularizer_schedule: Literal["linear", "quadratic"] = "quadratic"
+        ge=2, description="scored documents kept per row before the positive and negatives are drawn")
+    query_regularizer_weight: float = Field(ge=0)
+    document_regularizer_weight: float = Field(ge=0)
+    regularizer_schedule: Literal["linear", "quadratic"]
     regularizer_warmup_ratio: float = Field(
-        0.15, ge=0, le=1,
-        description="fraction of training over which regularizer weights ramp up from 0 (explicit schedule)",
-    )
-    eval_samples: int = Field(0, ge=0, description="rows split off (shuffled, seed) as the eval_loss set")
-    in_training_evaluation: InTrainingEvaluation | None = None
-    gather_across_devices: bool = False
+        ge=0, le=1,
+        description="fraction of training over which regularizer weights ramp up from 0 (explicit schedule)")
+    eval_samples: int = Field(ge=0, description="rows split off (shuffled, seed) as the eval_loss set")
+    in_training_evaluation: InTrainingEvaluation | None
+    gather_across_devices: bool
 
     @model_validator(mode="after")
     def _evaluation_is_wired(self) -> SpladePhase:
@@ -311,7 +320,7 @@ Phase = Annotated[XTRContrastivePhase | XTRDistillationPhase | SpladePhase, Fiel
 
 
 class TrackingConfig(Strict):
-    experiment_prefix: str = ""
+    experiment_prefix: str = ""  # not a recipe value: MLflow experiment names only
 
 
 class Params(Strict):
@@ -319,7 +328,7 @@ class Params(Strict):
 
     profile: Literal["published", "smoke"]
     seed: int = Field(ge=0)
-    tracking: TrackingConfig = TrackingConfig()
+    tracking: TrackingConfig = TrackingConfig()  # not a recipe value: see TrackingConfig
     sources: dict[str, Source]
     models: dict[str, ModelConfig]
     phases: dict[str, Phase]
@@ -390,11 +399,12 @@ def parse_params(raw: dict[str, Any], origin: str = "params.yaml") -> Params:
         raise ConfigError(_describe(error, origin, raw)) from None
 
 
-def load_params(path: Path | str = "params.yaml") -> Params:
+def load_params(path: Path | str) -> Params:
     """Read and validate params.yaml; raise ConfigError with one line naming the bad key."""
     path = Path(path)
     if not path.exists():
-        raise ConfigError(f"{path}: not found; run from the repository root (or the smoke workspace)")
+        raise ConfigError(f"{path}: not found; run from the repository root (or the smoke workspace), or pass "
+                          "--workspace")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:

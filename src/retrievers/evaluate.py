@@ -9,18 +9,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from retrievers import models, paths
+from retrievers import models
 from retrievers.config import ModelConfig, Params, PyLateNanoBEIR, SparseNanoBEIR
+from retrievers.paths import Workspace
 
 
-def check_evaluation_data(evaluation: PyLateNanoBEIR | SparseNanoBEIR) -> None:
+def check_evaluation_data(ws: Workspace, evaluation: PyLateNanoBEIR | SparseNanoBEIR) -> None:
     """Each configured NanoBEIR set's corpus, queries and qrels load and agree (``data.validate``), before any model
     is loaded."""
     from datasets import load_dataset
 
     from retrievers.data.validate import check_evaluation_set
 
-    root = paths.source_dir(evaluation.data)
+    root = ws.source_dir(evaluation.data)
     for name, (folder, split) in models.for_evaluation(evaluation).evaluation_sets(evaluation, root).items():
         tables = {}
         for subset in ("corpus", "queries", "qrels"):
@@ -32,9 +33,9 @@ def check_evaluation_data(evaluation: PyLateNanoBEIR | SparseNanoBEIR) -> None:
         check_evaluation_set(tables["corpus"], tables["queries"], tables["qrels"], f"{folder} [{split}]")
 
 
-def evaluate_with(model, evaluation: PyLateNanoBEIR | SparseNanoBEIR) -> dict[str, float]:
+def evaluate_with(ws: Workspace, model, evaluation: PyLateNanoBEIR | SparseNanoBEIR) -> dict[str, float]:
     """Run the configured evaluator on an already loaded model."""
-    results = models.for_evaluation(evaluation).evaluate(model, evaluation, paths.source_dir(evaluation.data))
+    results = models.for_evaluation(evaluation).evaluate(model, evaluation, ws.source_dir(evaluation.data))
     return {key: float(value) for key, value in results.items()}
 
 
@@ -43,17 +44,17 @@ def load_model(config: ModelConfig, path: Path):
     return models.for_model(config).load(path)
 
 
-def evaluate_model(params: Params, model_key: str, model_path: Path | None = None) -> dict[str, float]:
+def evaluate_model(ws: Workspace, params: Params, model_key: str, model_path: Path | None = None) -> dict[str, float]:
     config = params.models[model_key]
-    model = load_model(config, model_path or paths.model_dir(model_key))
-    return evaluate_with(model, config.evaluation)
+    model = load_model(config, model_path or ws.model_dir(model_key))
+    return evaluate_with(ws, model, config.evaluation)
 
 
-def evaluate_untrained(params: Params, model_key: str) -> dict[str, float]:
+def evaluate_untrained(ws: Workspace, params: Params, model_key: str) -> dict[str, float]:
     """The same evaluation of the base model with the untrained retrieval head: the 'before' numbers."""
     from retrievers.train.common import set_seed
 
     phase = params.phases[params.phase_chain(model_key)[0]]
     set_seed(params.seed)
-    model = models.for_phase(phase).build(phase)
-    return evaluate_with(model, params.models[model_key].evaluation)
+    model = models.for_phase(phase).build(phase, ws.folder(phase.init))
+    return evaluate_with(ws, model, params.models[model_key].evaluation)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from retrievers.config import HubRepo
 from retrievers.errors import CLIError, DownloadError
+from retrievers.io import file_sha256, hash_file
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 HUB_TIMEOUT_S = 10.0  # per request: an unreachable Hub fails within seconds, not after the library's retries
@@ -60,17 +61,7 @@ def with_retries(call, what: str, retries: int | None = None, backoff: float | N
 
 def _git_blob_sha1(path: Path) -> str:
     digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    hash_file(digest, path)
     return digest.hexdigest()
 
 
@@ -98,7 +89,7 @@ def verify_checksums(folder: Path, siblings, what: str, repo: HubRepo | None = N
             expected = _etag(repo, sha, sibling.rfilename)
         if expected is None:
             continue
-        actual = _sha256(path) if len(expected) == 64 else _git_blob_sha1(path)
+        actual = file_sha256(path) if len(expected) == 64 else _git_blob_sha1(path)
         if actual != expected:
             raise DownloadError(
                 f"{what}: checksum mismatch for {sibling.rfilename} (got {actual[:12]}, the Hub "

@@ -1,8 +1,10 @@
-"""Atomic writes: a stage's output appears whole or not at all, so a killed stage leaves nothing to trust."""
+"""Atomic writes: a stage's output appears whole or not at all, so a killed stage leaves nothing to trust.
+And the one file digest (sha256) every module uses."""
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -11,6 +13,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+
+def hash_file(digest, path: Path) -> None:
+    """Feed a file's bytes into a hashlib object, in 4 MiB blocks (files of any size)."""
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 22):
+            digest.update(chunk)
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of one file's bytes, hex (what the Hub's LFS ETags and ``sha256sum`` print)."""
+    digest = hashlib.sha256()
+    hash_file(digest, path)
+    return digest.hexdigest()
 
 
 def remove_stale_scratch(target: Path) -> None:

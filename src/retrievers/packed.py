@@ -107,7 +107,7 @@ class PackedColBERT(_SavesAsStock, pylate_models.ColBERT):
     ``tokenize`` marks document batches (a ``document_lengths`` entry) so ``forward`` buckets them; queries,
     padded to ``query_length`` with expansion tokens whose outputs the scores use, are encoded as they are."""
 
-    speed: SpeedConfig = SpeedConfig()
+    speed: SpeedConfig = SpeedConfig.stock()
     stock_name = "ColBERT"
 
     def tokenize(self, texts, is_query: bool = True, pad: bool = False, task: str | None = None):  # type: ignore[override]  # PyLate's own signature
@@ -212,7 +212,7 @@ def splade_max_pool(hiddens: list[torch.Tensor], masks: list[torch.Tensor], deco
 class PackedSparseEncoder(_SavesAsStock, SparseEncoder):
     """sentence-transformers' SparseEncoder (MLMTransformer + SpladePooling) with the SPLADE fast paths."""
 
-    speed: SpeedConfig = SpeedConfig()
+    speed: SpeedConfig = SpeedConfig.stock()
     stock_name = "SparseEncoder"
 
     def _fusable(self) -> bool:

@@ -14,28 +14,29 @@ from typing import Annotated
 import typer
 import yaml
 
-from retrievers import paths, tracking
+from retrievers import tracking
 from retrievers.config import ConfigError, Params, flatten, load_params
 from retrievers.errors import exit_on_user_error
 from retrievers.io import write_json_atomic, write_text_atomic
 from retrievers.killpoints import kill_point
+from retrievers.paths import Workspace
 
 logger = logging.getLogger("retrievers")
 
 
-def download(params: Params, key: str) -> None:
+def download(ws: Workspace, params: Params, key: str) -> None:
     from retrievers.data.download import download_source
 
     if key not in params.sources:
         raise ConfigError(f"unknown source {key!r}; sources in params.yaml: {', '.join(params.sources)}")
-    download_source(key, params.sources[key])
+    download_source(ws, key, params.sources[key])
 
 
-def train(params: Params, phase_key: str) -> None:
+def train(ws: Workspace, params: Params, phase_key: str) -> None:
     from retrievers.train import run_phase
 
-    tracking.check_reachable()
-    run_phase(params, phase_key)
+    tracking.check_reachable(ws)
+    run_phase(ws, params, phase_key)
 
 
 def _model(params: Params, model_key: str):
@@ -44,7 +45,7 @@ def _model(params: Params, model_key: str):
     return params.models[model_key]
 
 
-def evaluate(params: Params, model_key: str) -> None:
+def evaluate(ws: Workspace, params: Params, model_key: str) -> None:
     import mlflow
 
     from retrievers.data.validate import check_model_folder
@@ -52,32 +53,32 @@ def evaluate(params: Params, model_key: str) -> None:
     from retrievers.reports import log_plot, write_ndcg_plot
 
     _model(params, model_key)
-    tracking.check_reachable()
-    check_model_folder(paths.model_dir(model_key), f"re-run `dvc repro --force train@{model_key}`")
-    check_evaluation_data(params.models[model_key].evaluation)
-    metrics = evaluate_model(params, model_key)
+    tracking.check_reachable(ws)
+    check_model_folder(ws.model_dir(model_key), f"re-run `dvc repro --force train@{model_key}`")
+    check_evaluation_data(ws, params.models[model_key].evaluation)
+    metrics = evaluate_model(ws, params, model_key)
     kill_point("evaluated")
-    write_json_atomic(paths.metrics_file(model_key), metrics, sort_keys=False)  # the evaluator's order, as cards
-    ndcg_plot = write_ndcg_plot(model_key, metrics)
-    with tracking.resume_run(params, model_key, stage="evaluate"):
+    write_json_atomic(ws.metrics_file(model_key), metrics, sort_keys=False)  # the evaluator's order, as cards
+    ndcg_plot = write_ndcg_plot(ws, model_key, metrics)
+    with tracking.resume_run(ws, params, model_key, stage="evaluate"):
         mlflow.log_metrics({tracking.mlflow_metric_name(k): v for k, v in metrics.items()})
-        mlflow.log_artifact(str(paths.metrics_file(model_key)), artifact_path="metrics")
+        mlflow.log_artifact(str(ws.metrics_file(model_key)), artifact_path="metrics")
         log_plot(ndcg_plot, "ndcg", f"{model_key}: nDCG@10 per NanoBEIR set")
 
 
-def _source_description(params: Params, folder: str) -> str:
+def _source_description(ws: Workspace, folder: str) -> str:
     top, _, key = folder.partition("/")
     if top != "data":
         return folder
-    record_file = paths.source_dir(key) / "SOURCE.json"
+    record_file = ws.source_dir(key) / "SOURCE.json"
     record = json.loads(record_file.read_text()) if record_file.exists() else {}
     if "repo_id" in record:
         return f"{record['repo_id']}@{record.get('resolved_sha', record['revision'])}"
     return record.get("path", folder)
 
 
-def _dvc_lock_hashes() -> dict[str, str]:
-    lock = Path("dvc.lock")
+def _dvc_lock_hashes(ws: Workspace) -> dict[str, str]:
+    lock = ws.dvc_lock
     if not lock.exists():
         return {}
     stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
@@ -150,7 +151,7 @@ def _evaluation_datasets(params: Params, model_key: str, metrics: dict) -> dict[
     return dict.fromkeys(sets, describe(source.hub or source.local))
 
 
-def card(params: Params, model_key: str) -> None:
+def card(ws: Workspace, params: Params, model_key: str) -> None:
     """Render the card from files alone (no model load, no MLflow: release logs the card to the run), and the
     Hub's ``.eval_results`` entries beside it."""
     from retrievers import models
@@ -162,20 +163,20 @@ def card(params: Params, model_key: str) -> None:
     chain = params.phase_chain(model_key)
     phases = [params.phases[k] for k in chain]
     first, final = phases[0], phases[-1]
-    hashes = _dvc_lock_hashes()
+    hashes = _dvc_lock_hashes(ws)
     inputs = {
-        folder: _source_description(params, folder) + (f" (dvc md5 {hashes[folder]})" if folder in hashes else "")
+        folder: _source_description(ws, folder) + (f" (dvc md5 {hashes[folder]})" if folder in hashes else "")
         for phase in phases for folder in (phase.init, phase.data) if folder.startswith("data/")
     }
-    model_dir = paths.model_dir(model_key)
+    model_dir = ws.model_dir(model_key)
     records = read_records(model_dir)
-    metrics = json.loads(paths.metrics_file(model_key).read_text())
+    metrics = json.loads(ws.metrics_file(model_key).read_text())
     context = {
         "repo_id": model.hub_repo_id,
         "profile": params.profile,
         "final": final,
-        "base_model_id": _source_description(params, first.init),
-        "training_data": sorted({_source_description(params, p.data) for p in phases}),
+        "base_model_id": _source_description(ws, first.init),
+        "training_data": sorted({_source_description(ws, p.data) for p in phases}),
         "architecture": describe_architecture(model_dir, model.kind),
         "embedding_size": kind.embedding_size(final, model_dir),
         "evaluator_name": kind.EVALUATOR_NAME,
@@ -184,27 +185,27 @@ def card(params: Params, model_key: str) -> None:
         "phases": [_phase_card_entry(params, record) for record in records],
         "versions": records[-1]["versions"],  # as train@ recorded them
         "provenance": {
-            "git_commit": tracking.base_tags(params, "card")["git_commit"],
-            "mlflow_run_id": json.loads(paths.run_record(model_key).read_text())["run_id"],
+            "git_commit": tracking.base_tags(ws, params, "card")["git_commit"],
+            "mlflow_run_id": json.loads(ws.run_record(model_key).read_text())["run_id"],
             "inputs": inputs,
         },
     }
     training_repos = sorted({r for p in phases if (r := _hub_repo_id(params, p.data))})
     loss_tags = list(dict.fromkeys(f"loss:{name}" for record in records for name in record["loss_classes"]))
-    text = render_card(model_key, model, context, metrics, _hub_repo_id(params, first.init), training_repos,
-                       records[-1]["data"]["train_samples"], loss_tags)
+    text = render_card(ws.card_templates, model_key, model, context, metrics, _hub_repo_id(params, first.init),
+                       training_repos, records[-1]["data"]["train_samples"], loss_tags)
     entries = eval_result_entries(metrics, _evaluation_datasets(params, model_key, metrics))
-    write_text_atomic(paths.eval_results_file(model_key), yaml.safe_dump(entries, sort_keys=False))
+    write_text_atomic(ws.eval_results_file(model_key), yaml.safe_dump(entries, sort_keys=False))
     kill_point("card")  # between the card's two files
-    write_text_atomic(paths.card_file(model_key), text)
+    write_text_atomic(ws.card_file(model_key), text)
 
 
-def release(params: Params, model_key: str) -> None:
+def release(ws: Workspace, params: Params, model_key: str) -> None:
     from retrievers.release import release_model
 
     _model(params, model_key)
-    tracking.check_reachable()
-    release_model(params, model_key)
+    tracking.check_reachable(ws)
+    release_model(ws, params, model_key)
 
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -214,8 +215,9 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
-def stage_main(run: Callable[[Params, str], None], argv: list[str] | None = None) -> None:
-    """Entry point of a stage script: ``python stages/<stage>.py <key>``. Errors a user can cause end the
+def stage_main(run: Callable[[Workspace, Params, str], None], argv: list[str] | None = None) -> None:
+    """Entry point of a stage script: ``python stages/<stage>.py <key> [--workspace ROOT]`` (dvc.yaml passes no
+    root: DVC runs stages from the workspace root, the default). Errors a user can cause end the
     process with one line on stderr and exit status 1. Only download stages may use the network; the
     others run with the Hub libraries' offline switches on (set before they are imported), except release,
     whose Hub push (off unless models.<model>.release.hub.push) needs huggingface_hub online."""
@@ -223,12 +225,16 @@ def stage_main(run: Callable[[Params, str], None], argv: list[str] | None = None
         os.environ.update(OFFLINE_ENV)
     name = Path(sys.argv[0]).stem
 
-    def command(key: Annotated[str, typer.Argument(help="the stage key (a key of sources, phases or models)")]) -> None:
+    def command(
+        key: Annotated[str, typer.Argument(help="the stage key (a key of sources, phases or models)")],
+        workspace: Annotated[Path, typer.Option(help="workspace root: params.yaml, data/, models/, ...")] = Path("."),
+    ) -> None:
+        ws = Workspace.at(workspace)  # the one place a stage reads the process's working directory
         logging.basicConfig(level=os.environ.get("RETRIEVERS_LOG_LEVEL", "INFO"),
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
         signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM ends the stage's MLflow run KILLED, as Ctrl-C does
         kill_point(f"start:{name}")
-        exit_on_user_error(f"{name}@{key}", lambda: run(load_params(), key))
+        exit_on_user_error(f"{name}@{key}", lambda: run(ws, load_params(ws.params_file), key))
 
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command(help=(run.__doc__ or name).split("\n")[0])(command)

@@ -20,6 +20,7 @@ import yaml
 
 from retrievers.config import ConfigError, parse_params
 from retrievers.errors import exit_on_user_error
+from retrievers.paths import Workspace
 
 # Pipeline outputs and state that a workspace makes for itself.
 NOT_SYNCED_PREFIXES = (
@@ -120,9 +121,12 @@ def sync_workspace(root: Path, workspace: Path, profile: str) -> None:
 def main(
     profile: Annotated[str, typer.Argument(help="profiles/<name>.yaml to merge over params.yaml")],
     workspace: Annotated[Path, typer.Argument(help="folder to materialise the workspace in")],
+    repo: Annotated[Path, typer.Option(help="the repository checkout whose sources are synced")] = Path("."),
 ) -> None:
     """Write params.yaml merged with a profile, and the repository's sources, into a workspace."""
-    exit_on_user_error("profile", lambda: sync_workspace(Path.cwd(), workspace, profile))
+    # the one place this command reads the process's working directory (both folders may be relative)
+    root, target = Workspace.at(repo).root, Workspace.at(workspace).root
+    exit_on_user_error("profile", lambda: sync_workspace(root, target, profile))
 
 
 if __name__ == "__main__":

@@ -22,11 +22,12 @@ from pathlib import Path
 import numpy as np
 
 import retrievers
-from retrievers import models, paths, tracking
+from retrievers import models, tracking
 from retrievers.config import ModelConfig, Params
 from retrievers.errors import ReleaseError
 from retrievers.io import atomic_dir, write_json_atomic
 from retrievers.killpoints import kill_point
+from retrievers.paths import Workspace
 
 logger = logging.getLogger(__name__)
 ALIAS = "candidate"
@@ -150,18 +151,18 @@ def add_neobert_code(folder: Path) -> bool:
     return True
 
 
-def assemble_bundle(model_key: str, config: ModelConfig, target: Path, gate_value: float) -> None:
+def assemble_bundle(ws: Workspace, model_key: str, config: ModelConfig, target: Path, gate_value: float) -> None:
     """Copy the evaluated model, its card and metrics into ``target`` (atomically); a NeoBERT model also gets
     its modeling code (see ``add_neobert_code``)."""
     with atomic_dir(target) as scratch:
-        shutil.copytree(paths.model_dir(model_key), scratch, dirs_exist_ok=True)
+        shutil.copytree(ws.model_dir(model_key), scratch, dirs_exist_ok=True)
         add_neobert_code(scratch)
-        shutil.copy2(paths.card_file(model_key), scratch / "README.md")
+        shutil.copy2(ws.card_file(model_key), scratch / "README.md")
         # The Hub reads eval results from .eval_results/ at the repository root, beside the card.
-        eval_results = paths.eval_results_file(model_key)
+        eval_results = ws.eval_results_file(model_key)
         (scratch / ".eval_results").mkdir()
         shutil.copy2(eval_results, scratch / ".eval_results" / eval_results.name)
-        shutil.copy2(paths.metrics_file(model_key), scratch / "metrics.json")
+        shutil.copy2(ws.metrics_file(model_key), scratch / "metrics.json")
         write_json_atomic(
             scratch / "release.json",
             {
@@ -174,14 +175,14 @@ def assemble_bundle(model_key: str, config: ModelConfig, target: Path, gate_valu
         )
 
 
-def register(params: Params, model_key: str, bundle: Path) -> dict:
+def register(ws: Workspace, params: Params, model_key: str, bundle: Path) -> dict:
     """Log the bundle as a pyfunc model in the model's MLflow run and register a new version with an alias."""
     import mlflow
     from mlflow import MlflowClient
 
     config = params.models[model_key]
-    with tracking.resume_run(params, model_key, stage="release") as run:
-        mlflow.log_artifact(str(paths.card_file(model_key)), artifact_path="card")
+    with tracking.resume_run(ws, params, model_key, stage="release") as run:
+        mlflow.log_artifact(str(ws.card_file(model_key)), artifact_path="card")
         info = mlflow.pyfunc.log_model(
             name="retriever",
             python_model=_pyfunc_class()(),
@@ -288,20 +289,20 @@ class HubPublisher:
                 "deleted": stale}
 
 
-def release_model(params: Params, model_key: str) -> dict:
+def release_model(ws: Workspace, params: Params, model_key: str) -> dict:
     config = params.models[model_key]
     hub = config.release.hub
     from retrievers.data.validate import check_model_folder
 
-    gate_value = check_gate(model_key, config, paths.metrics_file(model_key))
-    check_model_folder(paths.model_dir(model_key), f"re-run `dvc repro --force train@{model_key}`")
+    gate_value = check_gate(model_key, config, ws.metrics_file(model_key))
+    check_model_folder(ws.model_dir(model_key), f"re-run `dvc repro --force train@{model_key}`")
     publisher = HubPublisher(model_key, config) if hub.push and not hub.dry_run else None
     tag_exists = publisher.preflight() if publisher else False  # refuse before anything is written
-    bundle = paths.release_dir(model_key)
-    assemble_bundle(model_key, config, bundle, gate_value)
-    diff = verify_bundle(config, paths.model_dir(model_key), bundle)
+    bundle = ws.release_dir(model_key)
+    assemble_bundle(ws, model_key, config, bundle, gate_value)
+    diff = verify_bundle(config, ws.model_dir(model_key), bundle)
     files = bundle_files(bundle)
-    record = register(params, model_key, bundle) | {
+    record = register(ws, params, model_key, bundle) | {
         "bundle": str(bundle),
         "verified_max_abs_diff": diff,
         "files": [name for name, _ in files],

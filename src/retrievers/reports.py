@@ -13,8 +13,8 @@ import csv
 import io
 from pathlib import Path
 
-from retrievers import paths
 from retrievers.io import write_text_atomic
+from retrievers.paths import Workspace
 
 NDCG = "ndcg@10"
 
@@ -42,14 +42,14 @@ def ndcg_rows(metrics: dict[str, float]) -> list[list]:
     ]
 
 
-def write_loss_curve(phase_key: str, log_history: list[dict]) -> Path:
-    path = paths.loss_plot(phase_key)
+def write_loss_curve(ws: Workspace, phase_key: str, log_history: list[dict]) -> Path:
+    path = ws.loss_plot(phase_key)
     write_text_atomic(path, _csv(["step", "loss"], loss_rows(log_history)))
     return path
 
 
-def write_ndcg_plot(model_key: str, metrics: dict[str, float]) -> Path:
-    path = paths.ndcg_plot(model_key)
+def write_ndcg_plot(ws: Workspace, model_key: str, metrics: dict[str, float]) -> Path:
+    path = ws.ndcg_plot(model_key)
     write_text_atomic(path, _csv(["dataset", NDCG], ndcg_rows(metrics)))
     return path
 

@@ -21,11 +21,11 @@ from typing import Annotated
 
 import typer
 
-from retrievers import paths
 from retrievers.config import ConfigError, HubRepo, Params, load_params
 from retrievers.errors import MissingInputError, exit_on_user_error
 from retrievers.hub import hub_snapshot
 from retrievers.io import write_json_atomic
+from retrievers.paths import Workspace
 
 
 @dataclass(frozen=True)
@@ -73,16 +73,16 @@ def compare(measured: dict[str, float], reported: dict[str, float]) -> list[dict
     return rows
 
 
-def evaluate_checkpoint(params: Params, model_key: str, checkpoint: Checkpoint) -> dict[str, float]:
+def evaluate_checkpoint(ws: Workspace, params: Params, model_key: str, checkpoint: Checkpoint) -> dict[str, float]:
     from retrievers.evaluate import evaluate_with, load_model
 
     config = params.models[model_key]
-    data = paths.source_dir(config.evaluation.data)
+    data = ws.source_dir(config.evaluation.data)
     if not data.is_dir():
         raise MissingInputError(
             f"{data}: the evaluation data is missing; fetch it first with `dvc repro download@{config.evaluation.data}`"
         )
-    return evaluate_with(load_model(config, checkpoint.path), config.evaluation)
+    return evaluate_with(ws, load_model(config, checkpoint.path), config.evaluation)
 
 
 def _print_table(rows: list[dict], tolerance: float) -> None:
@@ -94,13 +94,14 @@ def _print_table(rows: list[dict], tolerance: float) -> None:
         print(f"{row['metric']:<48} {row['card']:>10.4f} {measured:>10} {diff:>10}{flag}")
 
 
-def run(model: str, checkpoint: str | None, params_file: Path, tolerance: float, output: Path | None) -> int:
+def run(ws: Workspace, model: str, checkpoint: str | None, params_file: Path, tolerance: float,
+        output: Path | None) -> int:
     """Evaluate, print the comparison; 0 when every metric is within ``tolerance`` of the card, else 1."""
     params = load_params(params_file)
     if model not in params.models:
         raise ConfigError(f"unknown model {model!r}; models in {params_file}: {', '.join(params.models)}")
     resolved = resolve_checkpoint(params, model, checkpoint)
-    measured = evaluate_checkpoint(params, model, resolved)
+    measured = evaluate_checkpoint(ws, params, model, resolved)
     rows = compare(measured, card_metrics(resolved.path))
     if not rows:
         print(f"{resolved.origin}: its card reports no model-index; measured:")
@@ -124,13 +125,17 @@ def main(
     model: Annotated[str, typer.Argument(help="model key in params.yaml (e.g. modernbert-xtr)")],
     checkpoint: Annotated[str | None, typer.Option(
         help="local folder, or Hub repo id [@revision]; default: the params reference")] = None,
-    params: Annotated[Path, typer.Option(help="params file")] = Path("params.yaml"),
+    workspace: Annotated[Path, typer.Option(help="workspace root (its data/ holds the evaluation sets)")] = Path("."),
+    params: Annotated[Path | None, typer.Option(help="params file; default: the workspace's params.yaml")] = None,
     tolerance: Annotated[float, typer.Option(help="largest accepted |measured - card|")] = 0.005,
     output: Annotated[Path | None, typer.Option(help="write metrics and the comparison as JSON here")] = None,
 ) -> None:
     # Only the checkpoint download may use the network; evaluation data comes from the pipeline's local copy.
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    status = exit_on_user_error(f"reproduce@{model}", lambda: run(model, checkpoint, params, tolerance, output))
+    ws = Workspace.at(workspace)  # the one place this command reads the process's working directory
+    params_file = params if params is not None else ws.params_file
+    status = exit_on_user_error(f"reproduce@{model}",
+                                lambda: run(ws, model, checkpoint, params_file, tolerance, output))
     raise typer.Exit(status)
 
 

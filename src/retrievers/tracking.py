@@ -1,6 +1,7 @@
 """MLflow: one experiment per model, one run per training phase; later stages log into the final phase's run.
 
-Tracking URI: ``MLFLOW_TRACKING_URI`` if set, else a git-ignored sqlite file at the workspace root.
+Tracking URI: ``MLFLOW_TRACKING_URI`` if set, else a git-ignored sqlite file at the workspace root
+(``Workspace.tracking_uri``), its artifacts in ``<root>/mlartifacts``.
 """
 
 from __future__ import annotations
@@ -11,23 +12,25 @@ import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
-from retrievers import paths
 from retrievers.config import Params, flatten
 from retrievers.faults import EnvironmentFault
 from retrievers.io import write_json_atomic
+from retrievers.paths import Workspace
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 OWNER_PID, OWNER_HOST = "retrievers.pid", "retrievers.host"  # which process holds a RUNNING run
 SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD")
 
 
-def configure() -> str:
+def tracking_uri(ws: Workspace) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or ws.tracking_uri
+
+
+def configure(ws: Workspace) -> str:
     import mlflow
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    uri = tracking_uri(ws)
     mlflow.set_tracking_uri(uri)
     return uri
 
@@ -36,44 +39,45 @@ def experiment_name(params: Params, model_key: str) -> str:
     return f"{params.tracking.experiment_prefix}{model_key}"
 
 
-def _git_commit() -> str:
+def _git_commit(ws: Workspace) -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ws.root, capture_output=True, text=True, timeout=10,
+                             check=True)
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return os.environ.get("RETRIEVERS_GIT_COMMIT", "unknown")
 
 
-def base_tags(params: Params, stage: str) -> dict[str, str]:
+def base_tags(ws: Workspace, params: Params, stage: str) -> dict[str, str]:
     return {
-        "git_commit": os.environ.get("RETRIEVERS_GIT_COMMIT") or _git_commit(),
+        "git_commit": os.environ.get("RETRIEVERS_GIT_COMMIT") or _git_commit(ws),
         "dvc_experiment": os.environ.get("DVC_EXP_NAME", "workspace"),
         "stage": stage,
         "profile": params.profile,
     }
 
 
-def _ensure_experiment(name: str) -> str:
+def _ensure_experiment(ws: Workspace, name: str) -> str:
     """The experiment's id, creating it if needed. With the default local store its artifacts go to
-    ./mlartifacts/<name>; a tracking server manages its own artifact location."""
+    <root>/mlartifacts/<name>; a tracking server manages its own artifact location."""
     import mlflow
 
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    local = mlflow.get_tracking_uri() == DEFAULT_TRACKING_URI
-    location = Path("mlartifacts", name).resolve().as_uri() if local else None
+    local = mlflow.get_tracking_uri() == ws.tracking_uri
+    location = ws.artifact_location(name) if local else None
     return mlflow.create_experiment(name, artifact_location=location)
 
 
-def check_reachable(timeout: float = 5.0) -> str:
+def check_reachable(ws: Workspace, timeout: float = 5.0) -> str:
     """The tracking URI, after checking that a tracking server (http/https) answers its /health endpoint: a server
     that is down fails here with one line, at the start of a stage, not after MLflow's minutes of retries."""
     import urllib.error
     import urllib.parse
     import urllib.request
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    uri = tracking_uri(ws)
     parts = urllib.parse.urlsplit(uri)
     if parts.scheme not in ("http", "https"):
         return uri
@@ -136,30 +140,30 @@ def _ending(run) -> Iterator[Any]:
 
 
 @contextmanager
-def phase_run(params: Params, phase_key: str, stage: str) -> Iterator[Any]:
+def phase_run(ws: Workspace, params: Params, phase_key: str, stage: str) -> Iterator[Any]:
     """Start a new run for a training phase; only when the body succeeds, record its id for the later stages
     (runs/<phase>.json never points at a failed run)."""
     import mlflow
 
-    configure()
+    configure(ws)
     model_key = params.phases[phase_key].model
-    experiment_id = _ensure_experiment(experiment_name(params, model_key))
+    experiment_id = _ensure_experiment(ws, experiment_name(params, model_key))
     end_orphaned_runs(experiment_id)
     run = mlflow.start_run(experiment_id=experiment_id, run_name=phase_key,
-                           tags=base_tags(params, stage) | {"phase": phase_key} | _owner_tags())
+                           tags=base_tags(ws, params, stage) | {"phase": phase_key} | _owner_tags())
     with _ending(run):
         mlflow.log_params(flatten(params.phases[phase_key], "phase.") | {"seed": params.seed, "model": model_key})
         yield run
-        write_json_atomic(paths.run_record(phase_key), {"run_id": run.info.run_id, "experiment_id": experiment_id})
+        write_json_atomic(ws.run_record(phase_key), {"run_id": run.info.run_id, "experiment_id": experiment_id})
 
 
 @contextmanager
-def resume_run(params: Params, model_key: str, stage: str) -> Iterator[Any]:
+def resume_run(ws: Workspace, params: Params, model_key: str, stage: str) -> Iterator[Any]:
     """Re-open the run of the model's final phase (written by its train stage)."""
     import mlflow
 
-    configure()
-    record = json.loads(paths.run_record(model_key).read_text())
+    configure(ws)
+    record = json.loads(ws.run_record(model_key).read_text())
     end_orphaned_runs(record["experiment_id"])
     run = mlflow.start_run(run_id=record["run_id"])
     with _ending(run):

@@ -7,7 +7,6 @@ The ``model-index`` mirrors the published cards: one result per NanoBEIR set (ta
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,6 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from retrievers import models
 from retrievers.config import ModelConfig
 
-TEMPLATES = Path("model_cards/templates")
 MEAN = "NanoBEIR_mean"
 
 
@@ -191,11 +189,8 @@ def describe_architecture(model_dir: Path, kind: str) -> str:
     return "\n".join(lines + [")"])
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def render_card(
+    templates: Path,
     model_key: str,
     model: ModelConfig,
     context: dict[str, Any],
@@ -209,7 +204,7 @@ def render_card(
     from huggingface_hub import ModelCard
 
     env = Environment(
-        loader=FileSystemLoader(TEMPLATES),
+        loader=FileSystemLoader(templates),
         undefined=StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,

@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from retrievers.errors import DataError
+from retrievers.io import hash_file
 
 
 class LocalDataError(DataError):
@@ -73,9 +74,7 @@ def content_sha256(files: list[Path]) -> str:
     """sha256 over the files' bytes (and their order): the fingerprint of what was read."""
     digest = hashlib.sha256()
     for path in files:
-        with path.open("rb") as handle:
-            while chunk := handle.read(1 << 22):
-                digest.update(chunk)
+        hash_file(digest, path)
         digest.update(b"\0")
     return digest.hexdigest()
 

@@ -60,9 +60,9 @@ def colbert_collator(model):
     return utils.ColBERTCollator(model.tokenize)
 
 
-def build(phase):
-    """The phase's model before training (its init folder with the phase's ColBERT head)."""
-    return build_colbert(Path(phase.init), phase.colbert)
+def build(phase, init: Path):
+    """The phase's model before training (its ``init`` folder with the phase's ColBERT head)."""
+    return build_colbert(init, phase.colbert)
 
 
 def load(path: Path | str):
@@ -79,8 +79,9 @@ def training_arguments_class() -> type:
     return SentenceTransformerTrainingArguments
 
 
-def trainer(phase, init: Path, data: Path, output: Path, seed: int):
-    """(model, trainer) for an XTR phase: contrastive on triplets or distillation from teacher scores."""
+def trainer(phase, init: Path, data: Path, output: Path, seed: int, eval_data: Path | None = None):
+    """(model, trainer) for an XTR phase: contrastive on triplets or distillation from teacher scores (no
+    in-training evaluation: ``eval_data`` is unused)."""
     from retrievers.train.common import trainer_arguments
 
     args = trainer_arguments(training_arguments_class(), phase.args, output, seed)

@@ -54,9 +54,9 @@ def _build_splade(cls, init: Path, splade: SpladeConfig):
     return cls(modules=[mlm, pooling])
 
 
-def build(phase):
-    """The phase's model before training (its init folder with the SPLADE head)."""
-    return build_splade(Path(phase.init), phase.splade)
+def build(phase, init: Path):
+    """The phase's model before training (its ``init`` folder with the SPLADE head)."""
+    return build_splade(init, phase.splade)
 
 
 def load(path: Path | str):
@@ -73,13 +73,13 @@ def training_arguments_class() -> type:
     return SparseEncoderTrainingArguments
 
 
-def trainer(phase, init: Path, data: Path, output: Path, seed: int):
-    """(model, trainer) for the SPLADE phase."""
+def trainer(phase, init: Path, data: Path, output: Path, seed: int, eval_data: Path | None = None):
+    """(model, trainer) for the SPLADE phase; ``eval_data``: the in-training evaluator's folder."""
     from retrievers.train.common import trainer_arguments
     from retrievers.train.splade import splade_trainer
 
     args = trainer_arguments(training_arguments_class(), phase.args, output, seed)
-    return splade_trainer(phase, init, data, args, seed)
+    return splade_trainer(phase, init, data, args, seed, eval_data)
 
 
 # ------------------------------------------------------------------------------------------- encoding
@@ -232,9 +232,11 @@ def evaluation_sets(evaluation, root: Path) -> dict[str, tuple[str, str]]:
     return {n: (str(root), f"Nano{DATASET_NAME_TO_HUMAN_READABLE[n.lower()]}") for n in evaluation.datasets}
 
 
-def nanobeir_evaluator(root: Path, datasets: list[str], batch_size: int):
+def nanobeir_evaluator(root: Path, datasets: list[str], batch_size: int, dataset_id: str | None = None):
     """sentence-transformers' ``SparseNanoBEIREvaluator`` over the local NanoBEIR-en copy at ``root``, fed through
-    its ``_load_dataset_subset_split`` hook from the parquet files (``retrievers.data.local.LocalNanoBEIRData``)."""
+    its ``_load_dataset_subset_split`` hook from the parquet files (``retrievers.data.local.LocalNanoBEIRData``).
+    ``dataset_id`` is only its label (the model card of a model trained with it shows it; default: the folder's
+    name)."""
     from sentence_transformers.sparse_encoder.evaluation import SparseNanoBEIREvaluator
 
     from retrievers.data.local import LocalNanoBEIRData
@@ -243,7 +245,7 @@ def nanobeir_evaluator(root: Path, datasets: list[str], batch_size: int):
         local_root = root
 
     return LocalSparseNanoBEIREvaluator(
-        dataset_names=datasets, dataset_id=str(root), batch_size=batch_size, show_progress_bar=False
+        dataset_names=datasets, dataset_id=dataset_id or root.name, batch_size=batch_size, show_progress_bar=False
     )
 
 

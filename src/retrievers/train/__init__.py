@@ -6,9 +6,10 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from retrievers import models, paths, tracking
+from retrievers import models, tracking
 from retrievers.config import Params
 from retrievers.io import atomic_dir
+from retrievers.paths import Workspace
 from retrievers.train.common import (
     EpochSeededBatchSampling,
     average_loss_gradients,
@@ -31,10 +32,11 @@ from retrievers.train.record import training_record, write_record
 logger = logging.getLogger(__name__)
 
 
-def _build(phase, params: Params, phase_key: str):
-    check_phase_inputs(phase, phase_key)  # init and data exist, the init weights load, known optimizer names
-    init, data, output = Path(phase.init), Path(phase.data), paths.checkpoint_dir(phase_key)
-    return models.for_phase(phase).trainer(phase, init, data, output, params.seed)
+def _build(ws: Workspace, phase, params: Params, phase_key: str):
+    check_phase_inputs(ws, phase, phase_key)  # init and data exist, the init weights load, known optimizer names
+    init, data, output = ws.folder(phase.init), ws.folder(phase.data), ws.checkpoint_dir(phase_key)
+    eval_data = ws.folder(phase.eval_data) if phase.eval_data else None
+    return models.for_phase(phase).trainer(phase, init, data, output, params.seed, eval_data)
 
 
 def selected_checkpoint(trainer) -> dict:
@@ -63,7 +65,7 @@ def log_selected_checkpoint(trainer) -> dict:
     return selected
 
 
-def run_phase(params: Params, phase_key: str, callbacks: Sequence = ()) -> Path | None:
+def run_phase(ws: Workspace, params: Params, phase_key: str, callbacks: Sequence = ()) -> Path | None:
     """Train one phase into models/<phase_key>; an MLflow run records params, per-step loss and tags.
 
     With ``nproc_per_node`` above 1 the stage relaunches itself under torchrun; every rank trains (DDP) and
@@ -71,13 +73,13 @@ def run_phase(params: Params, phase_key: str, callbacks: Sequence = ()) -> Path 
     (the full-size rehearsal times steps with one)."""
     phase = phase_of(params, phase_key)
     if phase.nproc_per_node > 1 and not prepare_torchrun_rank():
-        launch_torchrun(phase_key, phase.nproc_per_node)
-        return paths.model_dir(phase_key)
+        launch_torchrun(ws, phase_key, phase.nproc_per_node)
+        return ws.model_dir(phase_key)
     set_seed(params.seed)
-    model, trainer = _build(phase, params, phase_key)  # sets up the process group under torchrun
+    model, trainer = _build(ws, phase, params, phase_key)  # sets up the process group under torchrun
     with trainer.args.main_process_first(local=False, desc="checkpoint preparation"):
-        resume_from = prepare_checkpoints(params, phase_key)
-    trainer.add_callback(loss_curve_callback(phase_key))
+        resume_from = prepare_checkpoints(ws, params, phase_key)
+    trainer.add_callback(loss_curve_callback(ws, phase_key))
     for callback in callbacks:
         trainer.add_callback(callback)
     trainer.add_callback(step_kill_callback())
@@ -98,7 +100,7 @@ def run_phase(params: Params, phase_key: str, callbacks: Sequence = ()) -> Path 
     if not trainer.is_world_process_zero():
         trainer.train(resume_from_checkpoint=resume_from)
         return None
-    with tracking.phase_run(params, phase_key, stage="train") as run:
+    with tracking.phase_run(ws, params, phase_key, stage="train") as run:
         import mlflow
 
         mlflow.set_tag("resumed_from", resume_from or "")
@@ -110,13 +112,13 @@ def run_phase(params: Params, phase_key: str, callbacks: Sequence = ()) -> Path 
             mlflow.log_metric("final_temperature", float(temperature))
         check_finite_weights(model, phase_key)
         selected = log_selected_checkpoint(trainer)
-        target = paths.model_dir(phase_key)
-        record = training_record(phase_key, phase, trainer, Path(phase.init), Path(phase.data))
+        target = ws.model_dir(phase_key)
+        record = training_record(ws, phase_key, phase, trainer)
         record["selected_checkpoint"] = selected
         mlflow.log_dict(record, "training_record.json")
         with atomic_dir(target) as scratch:
             model.save_pretrained(str(scratch))
             write_record(scratch, record)  # the card's facts, beside the weights they describe
         logger.info("saved %s (MLflow run %s)", target, run.info.run_id)
-    finish_checkpoints(phase_key)
+    finish_checkpoints(ws, phase_key)
     return target

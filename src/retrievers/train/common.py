@@ -12,10 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from retrievers import paths
 from retrievers.config import Params, PhaseBase, TrainerArgs
 from retrievers.errors import InputError, MissingInputError, TrainingError
 from retrievers.io import write_json_atomic
+from retrievers.paths import Workspace
 
 logger = logging.getLogger(__name__)
 CONFIG_STAMP = "phase_config.json"
@@ -40,7 +40,7 @@ def trainer_arguments(args_cls: type, args: TrainerArgs, output_dir: Path, seed:
     )
 
 
-def check_phase_inputs(phase: PhaseBase, phase_key: str) -> None:
+def check_phase_inputs(ws: Workspace, phase: PhaseBase, phase_key: str) -> None:
     """What typed config cannot check, before anything is built: the trainer's optimizer and schedule names and
     the init model folder's weights. (The training data is checked as it is loaded.)"""
     from transformers.trainer_utils import SchedulerType
@@ -56,13 +56,13 @@ def check_phase_inputs(phase: PhaseBase, phase_key: str) -> None:
             raise InputError(f"params.yaml: phases.{phase_key}.args.{key}: unknown {value!r}; use one of "
                              f"{', '.join(names[:12])}{', ...' if len(names) > 12 else ''}")
     folders = [phase.init, phase.data] + ([phase.eval_data] if phase.eval_data else [])
-    for folder in map(Path, folders):
-        if not folder.exists():
+    for folder in folders:
+        if not ws.folder(folder).exists():
             raise MissingInputError(f"{folder} does not exist; run `dvc repro` so its stage produces it first")
     init = Path(phase.init)
     fix = (f"re-run `dvc repro --force train@{init.name}`" if init.parts[0] == "models"
            else f"re-run `dvc repro --force download@{init.name}`")
-    check_model_folder(init, fix)
+    check_model_folder(ws.folder(init), fix)
 
 
 def check_finite_weights(model, phase_key: str) -> None:
@@ -77,13 +77,13 @@ def check_finite_weights(model, phase_key: str) -> None:
         )
 
 
-def prepare_checkpoints(params: Params, phase_key: str) -> str | None:
+def prepare_checkpoints(ws: Workspace, params: Params, phase_key: str) -> str | None:
     """The checkpoint to resume from, if an earlier run of *this same* phase config was killed.
 
     Checkpoints of a different config (params changed since) are removed rather than resumed. Only sealed
     checkpoints count (``CHECKPOINT_SEAL``, written last by ``checkpoint_callback``): one a kill cut short is never
     chosen. The newest sealed one that does not load (a corrupt file) is skipped with a warning naming it."""
-    folder = paths.checkpoint_dir(phase_key)
+    folder = ws.checkpoint_dir(phase_key)
     stamp = json.dumps({"phase": params.phases[phase_key].model_dump(mode="json"), "seed": params.seed}, sort_keys=True)
     digest = hashlib.sha256(stamp.encode()).hexdigest()
     stamp_file = folder / CONFIG_STAMP
@@ -257,7 +257,7 @@ def step_kill_callback():
     return StepKillPoints()
 
 
-def loss_curve_callback(phase_key: str):
+def loss_curve_callback(ws: Workspace, phase_key: str):
     """A TrainerCallback that writes the phase's training-loss curve (``dvc plots``) when training ends and logs
     it, with its figure, to the active MLflow run."""
     from transformers import TrainerCallback
@@ -267,7 +267,7 @@ def loss_curve_callback(phase_key: str):
     class WriteLossCurve(TrainerCallback):
         def on_train_end(self, args, state, control, **kwargs):
             if state.is_world_process_zero:
-                log_plot(write_loss_curve(phase_key, state.log_history), "loss", f"{phase_key}: training loss")
+                log_plot(write_loss_curve(ws, phase_key, state.log_history), "loss", f"{phase_key}: training loss")
 
     return WriteLossCurve()
 
@@ -301,10 +301,11 @@ def prepare_torchrun_rank() -> bool:
     return True
 
 
-def launch_torchrun(phase_key: str, nproc_per_node: int) -> None:
-    """Re-run this stage as ``torchrun --standalone --nproc_per_node N stages/train.py <phase>`` (DDP on one node)."""
+def launch_torchrun(ws: Workspace, phase_key: str, nproc_per_node: int) -> None:
+    """Re-run this stage as ``torchrun --standalone --nproc_per_node N stages/train.py <phase> --workspace <root>``
+    (DDP on one node)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}",
-           "stages/train.py", phase_key]
+           str(ws.root / "stages" / "train.py"), phase_key, "--workspace", str(ws.root)]
     logger.info("launching %s", " ".join(cmd[1:]))
     result = subprocess.run(cmd)
     if result.returncode != 0:  # the ranks printed their own errors; end with one line, not a second traceback
@@ -333,9 +334,9 @@ def _all_reduce_mean(grad):
     return grad / dist.get_world_size()
 
 
-def finish_checkpoints(phase_key: str) -> None:
+def finish_checkpoints(ws: Workspace, phase_key: str) -> None:
     """After the final model is saved, the checkpoints are no longer needed."""
-    shutil.rmtree(paths.checkpoint_dir(phase_key), ignore_errors=True)
+    shutil.rmtree(ws.checkpoint_dir(phase_key), ignore_errors=True)
 
 
 def set_seed(seed: int) -> None:

@@ -15,6 +15,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from retrievers.paths import Workspace
+
 RECORD = "training_record.json"
 VERSIONS = ("torch", "transformers", "sentence-transformers", "pylate", "datasets", "tokenizers", "huggingface-hub")
 RUN_SPECIFIC = ("output_dir", "logging_dir", "local_rank")
@@ -78,21 +80,23 @@ def default_arguments(trainer) -> dict[str, Any]:
     return {k: (v.value if hasattr(v, "value") else v) for k, v in defaults.items()}
 
 
-def _source(folder: Path) -> dict[str, Any]:
+def _source(folder: Path, name: str) -> dict[str, Any]:
     record = folder / "SOURCE.json"
-    return json.loads(record.read_text()) if record.exists() else {"path": str(folder)}
+    return json.loads(record.read_text()) if record.exists() else {"path": name}
 
 
-def training_record(phase_key: str, phase, trainer, init: Path, data: Path) -> dict[str, Any]:
-    """The card's facts about one phase, read from the trainer that trained it."""
+def training_record(ws: Workspace, phase_key: str, phase, trainer) -> dict[str, Any]:
+    """The card's facts about one phase, read from the trainer that trained it. Folders are named as params.yaml
+    names them (relative to the workspace root), so the record does not depend on where the workspace is."""
     arguments, defaults = trainer_arguments(trainer), default_arguments(trainer)
     loss = describe(trainer.loss)
-    earlier = init / RECORD
+    earlier = ws.folder(phase.init) / RECORD
     return {
         "phase": phase_key,
         "recipe": phase.recipe,
-        "init": str(init),
-        "data": {"folder": str(data), "source": _source(data), "train_samples": len(trainer.train_dataset),
+        "init": phase.init,
+        "data": {"folder": phase.data, "source": _source(ws.folder(phase.data), phase.data),
+                 "train_samples": len(trainer.train_dataset),
                  "steps": trainer.state.global_step},
         "loss": loss,
         "loss_classes": loss_classes(trainer.loss),

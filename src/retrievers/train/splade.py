@@ -265,7 +265,8 @@ def build_loss(model, phase: SpladePhase):
 
 
 # ------------------------------------------------------------------------------------------------ trainer
-def splade_trainer(phase: SpladePhase, init: Path, data: Path, args, seed: int):
+def splade_trainer(phase: SpladePhase, init: Path, data: Path, args, seed: int, eval_data: Path | None = None):
+    """(model, trainer); ``eval_data``: the folder of ``phase.eval_data`` (the in-training evaluator's sets)."""
     from sentence_transformers.sparse_encoder import SparseEncoderTrainer
     from sentence_transformers.sparse_encoder.callbacks import SpladeRegularizerWeightSchedulerCallback
 
@@ -293,11 +294,12 @@ def splade_trainer(phase: SpladePhase, init: Path, data: Path, args, seed: int):
     if phase.lr_schedule is not None:
         scheduler = wsd_scheduler(optimizer, total_optimizer_updates(len(train), args), phase.lr_schedule)
     evaluator = None
-    if phase.in_training_evaluation is not None and phase.eval_data is not None:
+    if phase.in_training_evaluation is not None and phase.eval_data is not None and eval_data is not None:
         from retrievers.models.splade import nanobeir_evaluator
 
         evaluation = phase.in_training_evaluation
-        evaluator = nanobeir_evaluator(Path(phase.eval_data), evaluation.datasets, evaluation.batch_size)
+        evaluator = nanobeir_evaluator(eval_data, evaluation.datasets, evaluation.batch_size,
+                                       dataset_id=phase.eval_data)  # as params names it: the saved card shows it
     trainer = SparseEncoderTrainer(
         model=model,
         args=args,
