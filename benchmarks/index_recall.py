@@ -73,8 +73,9 @@ def measure(model: Path, corpus: Path, queries: list[dict], index_dir: Path) -> 
             "top1_agrees": round(float(np.mean([bool(a) and bool(e) and a[0][0] == e[0][0]
                                                 for a, e in zip(found["approximate"], found["exact"],
                                                                 strict=True)])), 4),
-            "build": record["build"], "search": record["search"],
-            "calibration_recall@10": record["calibration_recall@10"],
+            "mode": record["mode"], "exact_reason": record.get("exact_reason"),
+            "build": record.get("build"), "search": record.get("search"),
+            "calibration_recall@10": record.get("calibration_recall@10"),
             "heldout_recall@10": record.get("heldout_recall@10"), "met_target": record.get("met_target"),
             "index_command_seconds": round(index_seconds, 1), "encode_seconds": record["encode_seconds"],
             "build_and_calibrate_seconds": record["build_seconds"],

@@ -165,7 +165,8 @@ def test_index_calibrates_on_given_queries_and_checks_held_out_pseudo_queries(ti
     index_dir = tmp_path / "index"
     out = _cli("index", str(tiny_splade), str(CORPUS), str(index_dir), "--processes", "1",
                "--calibration-queries", str(queries))
-    assert f"on {len(QUERIES)} given queries" in out.stderr and "held-out" in out.stderr
+    said = " ".join(out.stderr.split())
+    assert f"on {len(QUERIES)} given queries" in said and "held-out" in said
     record = json.loads((index_dir / indexing.INDEX_RECORD).read_text())
     assert record["calibration_source"] == "given queries" and record["calibration_queries"] == len(QUERIES)
     assert record["heldout_queries"] == indexing.CALIBRATION_QUERIES and record["met_target"]
@@ -176,3 +177,18 @@ def test_index_calibrates_on_given_queries_and_checks_held_out_pseudo_queries(ti
     approx = [[(h["id"], h["score"]) for h in r["results"]] for r in search_index(index_dir, QUERIES, 10)]
     exact = [[(h["id"], h["score"]) for h in r["results"]] for r in search_index(index_dir, QUERIES, 10, exact=True)]
     assert indexing.recall_at(approx, exact, 10) == record["calibration_recall@10"]
+
+
+def test_splade_vectors_too_dense_for_an_inverted_index_are_searched_exactly():
+    """Posting lists averaging most of a large corpus (a tiny vocabulary) get no Seismic index, with the reason;
+    SPLADE-like sparse vectors and small corpora go to the calibration."""
+    from scipy import sparse
+
+    from retrievers.models import splade
+
+    dense = sparse.random(12_000, 400, density=0.4, format="csr", random_state=0, dtype=np.float32)
+    sparse_like = sparse.random(12_000, 30_522, density=150 / 30_522, format="csr", random_state=1, dtype=np.float32)
+    reason = splade.approximate_unsuitable([(None, dense[:6000]), (None, dense[6000:])])
+    assert reason is not None and "40% of the 12,000 documents" in reason
+    assert splade.approximate_unsuitable([(None, sparse_like)]) is None
+    assert splade.approximate_unsuitable([(None, dense[:300])]) is None

@@ -20,7 +20,7 @@ from retrievers import models
 from retrievers.errors import CLIError
 from retrievers.io import write_json_atomic
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # log lines stay whole in files
 INDEX_RECORD = "retrievers-index.json"  # = retrievers.indexing.INDEX_RECORD
 BATCH = 32
 
@@ -134,7 +134,11 @@ def build_index(folder: Path, corpus: Path, index_dir: Path, exact: bool = False
               "mode": "exact" if exact else "approximate", "encode_seconds": round(time.perf_counter() - start, 1),
               "encoding_processes": devices}
     indexing.remove_approximate(index_dir, kind.KIND)
-    if not exact:
+    unsuitable = None if exact else kind.approximate_unsuitable(indexing.shards(index_dir, kind.KIND))
+    if unsuitable:
+        console.print(f"no {kind.INDEX_NAME} index: {unsuitable}", highlight=False)
+        record |= {"mode": "exact", "exact_reason": unsuitable, "build_seconds": 0.0}
+    elif not exact:
         loaded = loaded or load(folder)[1]
         record |= calibrate(index_dir, kind, loaded, sample, documents, calibration_queries)
     else:
