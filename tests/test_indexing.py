@@ -186,8 +186,15 @@ def test_splade_vectors_too_dense_for_an_inverted_index_are_searched_exactly():
 
     from retrievers.models import splade
 
-    dense = sparse.random(12_000, 400, density=0.4, format="csr", random_state=0, dtype=np.float32)
-    sparse_like = sparse.random(12_000, 30_522, density=150 / 30_522, format="csr", random_state=1, dtype=np.float32)
+    rng = np.random.default_rng(0)
+
+    def vectors(documents: int, vocabulary: int, per_document: int):
+        columns = np.stack([rng.choice(vocabulary, per_document, replace=False) for _ in range(documents)])
+        rows = np.repeat(np.arange(documents), per_document)
+        return sparse.csr_matrix((np.ones(rows.size, np.float32), (rows, columns.ravel())),
+                                 shape=(documents, vocabulary))
+
+    dense, sparse_like = vectors(12_000, 400, 160), vectors(12_000, 30_522, 150)
     reason = splade.approximate_unsuitable([(None, dense[:6000]), (None, dense[6000:])])
     assert reason is not None and "40% of the 12,000 documents" in reason
     assert splade.approximate_unsuitable([(None, sparse_like)]) is None
