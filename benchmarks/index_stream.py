@@ -1,18 +1,24 @@
 """`retrievers index` on a large synthetic corpus: wall time, passages/s, peak RSS over time, and a kill at about
 half way followed by a resume that must end with the index an uninterrupted run builds.
 
-    nice -n 10 python benchmarks/index_stream.py MODEL --workdir build/bench-stream --passages 1000000 [--exact]
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/index_stream.py tiny --workdir build/bench-stream \
+        --passages 1000000 --exact --processes 1
+
+MODEL is a model folder, or ``tiny``: the smallest SPLADE model the repository makes (benchmarks/synthetic.py:
+the fixture's tiny NeoBERT, 2 layers x 64, 381-token vocabulary, untrained SPLADE head), built in the workdir.
+Passages are the fixture corpora's words at MS MARCO-like lengths (mean ~56 words), seeded.
 
 Runs (1) an uninterrupted `retrievers index` and (2) a second one killed (SIGKILL) once half of its shards exist,
 then (3) the same command again, which resumes. Peak RSS is sampled every second over the command's whole
-process tree (/proc). Prints one JSON line per run and compares the two indexes' shards and record.
+process tree (/proc). Prints one JSON line per run and compares the two indexes: every shard's arrays (ids and
+vectors) equal, a sha256 over all of them (the .npz files themselves differ: zip entries carry the write time),
+and the records' documents and mode.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -22,24 +28,12 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-WORDS = ("the of and a in to is was for on as with by at from that which river city music team school "
-         "history science water energy market health language film county station album species").split()
+sys.path.insert(0, str(REPO / "benchmarks"))
+import synthetic  # noqa: E402
 
 
 def corpus(workdir: Path, passages: int) -> Path:
-    path = workdir / f"passages-{passages}.jsonl"
-    if path.exists():
-        return path
-    rng = np.random.default_rng(0)
-    vocabulary = np.array(WORDS + [f"w{i}" for i in range(2000)])
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w") as out:
-        for start in range(0, passages, 10_000):
-            lengths = rng.integers(20, 60, size=min(10_000, passages - start))
-            for i, n in enumerate(lengths, start):
-                out.write(json.dumps({"id": f"p{i}", "text": " ".join(rng.choice(vocabulary, size=n))}) + "\n")
-    os.replace(tmp, path)
-    return path
+    return synthetic.write_corpus(workdir / f"passages-{passages}.jsonl", passages, synthetic.fixture_words())
 
 
 def tree_rss_kib(pid: int) -> int:
@@ -76,14 +70,33 @@ def run(args: list[str], kill_at_shards: int | None, index_dir: Path) -> dict:
             "last_lines": stderr.strip().splitlines()[-4:]}
 
 
-def same_index(a: Path, b: Path) -> bool:
-    names = sorted(p.name for p in (a / "shards").glob("*.npz"))
-    if names != sorted(p.name for p in (b / "shards").glob("*.npz")):
-        return False
+def fingerprint(index_dir: Path, names: list[str] | None = None) -> str:
+    """sha256 over every shard's (or the ``names`` shards') array names, dtypes, shapes and bytes, in order."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    paths = sorted((index_dir / "shards").glob("[0-9]*.npz"))
+    for path in paths if names is None else [index_dir / "shards" / n for n in names]:
+        with np.load(path) as arrays:
+            for key in arrays.files:
+                value = np.ascontiguousarray(arrays[key])
+                digest.update(f"{path.name}/{key}/{value.dtype.str}/{value.shape}".encode())
+                digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def same_shards(a: Path, b: Path, names: list[str]) -> bool:
     for name in names:
         with np.load(a / "shards" / name) as x, np.load(b / "shards" / name) as y:
             if x.files != y.files or any(not np.array_equal(x[k], y[k]) for k in x.files):
                 return False
+    return True
+
+
+def same_index(a: Path, b: Path) -> bool:
+    names = sorted(p.name for p in (a / "shards").glob("*.npz"))
+    if names != sorted(p.name for p in (b / "shards").glob("*.npz")) or not same_shards(a, b, names):
+        return False
     keys = ("documents", "build", "search", "mode")
     ra, rb = (json.loads((d / "retrievers-index.json").read_text()) for d in (a, b))
     return all(ra.get(k) == rb.get(k) for k in keys)
@@ -91,17 +104,41 @@ def same_index(a: Path, b: Path) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", type=Path)
+    parser.add_argument("model", help="a model folder, or 'tiny' (see above)")
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--passages", type=int, default=1_000_000)
     parser.add_argument("--shard-size", type=int, default=10_000)
     parser.add_argument("--processes", type=int, default=0)
     parser.add_argument("--exact", action="store_true", help="skip the approximate index (encoding only)")
-    parser.add_argument("--skip-uninterrupted", action="store_true")
+    parser.add_argument("--skip-uninterrupted", action="store_true",
+                        help="only the killed and resumed runs (e.g. beside an uninterrupted run in another process)")
+    parser.add_argument("--compare-only", action="store_true", help="only compare WORKDIR/whole and WORKDIR/resumed")
+    parser.add_argument("--reference", type=Path,
+                        help="with --compare-only: compare WORKDIR/resumed's shards with the same shards of this "
+                             "uninterrupted index of a longer corpus whose first rows are this corpus")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
+    if args.compare_only and args.reference:
+        resumed = args.workdir / "resumed"
+        names = sorted(p.name for p in (resumed / "shards").glob("[0-9]*.npz"))
+        compared = {"shards": len(names), "same_shards": same_shards(args.reference, resumed, names),
+                    "sha256": {"reference": fingerprint(args.reference, names), "resumed": fingerprint(resumed)}}
+        print(json.dumps(compared), flush=True)
+        (args.workdir / "compare.json").write_text(json.dumps(compared, indent=2))
+        return
+    if args.compare_only:
+        whole, resumed = args.workdir / "whole", args.workdir / "resumed"
+        compared = {"same_index": same_index(whole, resumed),
+                    "sha256": {"whole": fingerprint(whole), "resumed": fingerprint(resumed)}}
+        print(json.dumps(compared), flush=True)
+        (args.workdir / "compare.json").write_text(json.dumps(compared, indent=2))
+        return
+    start = time.perf_counter()
     data = corpus(args.workdir, args.passages)
-    cli = [str(Path(sys.executable).parent / "retrievers"), "index", str(args.model), str(data)]
+    print(json.dumps({"corpus": str(data), "bytes": data.stat().st_size,
+                      "seconds": round(time.perf_counter() - start, 1)}), flush=True)
+    model = synthetic.tiny_splade(args.workdir / "tiny-splade") if args.model == "tiny" else Path(args.model)
+    cli = [str(Path(sys.executable).parent / "retrievers"), "index", str(model), str(data)]
     options = ["--shard-size", str(args.shard_size), "--processes", str(args.processes)] + (
         ["--exact"] if args.exact else [])
     results = {}
@@ -117,8 +154,10 @@ def main() -> None:
     print(json.dumps({"run": "resumed", **results["resumed"]}), flush=True)
     if not args.skip_uninterrupted:
         results["same_index"] = same_index(args.workdir / "whole", resumed_dir)
-        print(json.dumps({"same_index": results["same_index"]}), flush=True)
-    (args.workdir / "results.json").write_text(json.dumps(results, indent=2))
+        results["sha256"] = {"whole": fingerprint(args.workdir / "whole"), "resumed": fingerprint(resumed_dir)}
+        print(json.dumps({"same_index": results["same_index"], "sha256": results["sha256"]}), flush=True)
+    name = "results-resume.json" if args.skip_uninterrupted else "results.json"
+    (args.workdir / name).write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -73,3 +73,37 @@ def test_a_row_whose_text_is_not_a_string_is_one_line(tmp_path, row):
     line = _error("index", str(tmp_path / "model"), str(tmp_path / "c.jsonl"), str(tmp_path / "idx"))
     assert "c.jsonl: row 2 (" in line and "'text' is" in line and "not a string; fix or drop the row" in line
     assert not (tmp_path / "idx").exists()
+
+
+CHEAP = [  # commands that load no model: none may import a deep-learning library
+    ["--help"],
+    ["index", "--help"],
+    ["search", "--help"],
+    ["serve", "--help"],
+    ["encode", "--help"],
+    ["download", "fixtures/models/tiny-neobert-splade-missing"],
+    ["search", "/nonexistent-index", "q"],
+    ["serve", "/nonexistent-index"],
+    ["index", "fixtures/models/tiny-neobert", "/nonexistent.jsonl", "/tmp/never-written"],
+    ["encode", "fixtures/models/tiny-neobert", "/nonexistent.jsonl"],
+]
+HEAVY = ("torch", "transformers", "sentence_transformers", "pylate", "mlflow", "fastapi", "uvicorn", "seismic",
+         "fast_plaid")
+
+
+@pytest.mark.parametrize("args", CHEAP, ids=lambda a: " ".join(a)[:40])
+def test_commands_that_load_no_model_import_no_heavy_library(args):
+    """What `retrievers` imports before a command that needs no model answers (a fresh interpreter each)."""
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    probe = ("import atexit, sys\n"
+             f"atexit.register(lambda: print('HEAVY', [m for m in {HEAVY!r} if m in sys.modules]))\n"
+             "sys.argv = ['retrievers', *sys.argv[1:]]\n"
+             "from retrievers.cli import app\n"
+             "app()\n")
+    result = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, cwd=REPO,
+                            timeout=120)
+    assert result.stdout.strip().splitlines()[-1] == "HEAVY []", result.stdout[-500:] + result.stderr[-500:]

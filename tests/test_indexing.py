@@ -146,3 +146,56 @@ def test_two_encoding_processes_write_the_shards_one_writes(tiny_splade, tmp_pat
         np.testing.assert_array_equal(one[name]["ids"], two[name]["ids"])
         np.testing.assert_array_equal(one[name]["indices"], two[name]["indices"])
         np.testing.assert_allclose(one[name]["data"], two[name]["data"], atol=1e-6)
+
+
+def test_pseudo_queries_are_short_seeded_and_mostly_from_their_document():
+    texts = [" ".join(f"d{d}w{i}" for i in range(30)) for d in range(200)]
+    queries = indexing.pseudo_queries(texts, seed=0)
+    assert queries == indexing.pseudo_queries(texts, seed=0) != indexing.pseudo_queries(texts, seed=1)
+    assert all(2 <= len(q.split()) <= 6 for q in queries)
+    own = [sum(w.startswith(f"d{d}w") for w in q.split()) / len(q.split()) for d, q in enumerate(queries)]
+    assert 0.6 < float(np.mean(own)) < 0.9  # a quarter of the words come from other documents
+
+
+def test_index_calibrates_on_given_queries_and_checks_held_out_pseudo_queries(tiny_splade, tmp_path):
+    """`--calibration-queries`: the parameters are chosen on the user's queries (the fixture's real ones), then
+    checked on held-out pseudo-queries; the record says so, and the real queries reach the target."""
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text("".join(json.dumps(q) + "\n" for q in QUERIES))
+    index_dir = tmp_path / "index"
+    out = _cli("index", str(tiny_splade), str(CORPUS), str(index_dir), "--processes", "1",
+               "--calibration-queries", str(queries))
+    said = " ".join(out.stderr.split())
+    assert f"on {len(QUERIES)} given queries" in said and "held-out" in said
+    record = json.loads((index_dir / indexing.INDEX_RECORD).read_text())
+    assert record["calibration_source"] == "given queries" and record["calibration_queries"] == len(QUERIES)
+    assert record["heldout_queries"] == indexing.CALIBRATION_QUERIES and record["met_target"]
+    assert record["calibration_recall@10"] >= indexing.TARGET_RECALL + indexing.CALIBRATION_MARGIN
+    assert record["heldout_recall@10"] >= indexing.TARGET_RECALL
+    from retrievers.cli import search_index
+
+    approx = [[(h["id"], h["score"]) for h in r["results"]] for r in search_index(index_dir, QUERIES, 10)]
+    exact = [[(h["id"], h["score"]) for h in r["results"]] for r in search_index(index_dir, QUERIES, 10, exact=True)]
+    assert indexing.recall_at(approx, exact, 10) == record["calibration_recall@10"]
+
+
+def test_splade_vectors_too_dense_for_an_inverted_index_are_searched_exactly():
+    """Posting lists averaging most of a large corpus (a tiny vocabulary) get no Seismic index, with the reason;
+    SPLADE-like sparse vectors and small corpora go to the calibration."""
+    from scipy import sparse
+
+    from retrievers.models import splade
+
+    rng = np.random.default_rng(0)
+
+    def vectors(documents: int, vocabulary: int, per_document: int):
+        columns = np.stack([rng.choice(vocabulary, per_document, replace=False) for _ in range(documents)])
+        rows = np.repeat(np.arange(documents), per_document)
+        return sparse.csr_matrix((np.ones(rows.size, np.float32), (rows, columns.ravel())),
+                                 shape=(documents, vocabulary))
+
+    dense, sparse_like = vectors(12_000, 400, 160), vectors(12_000, 30_522, 150)
+    reason = splade.approximate_unsuitable([(None, dense[:6000]), (None, dense[6000:])])
+    assert reason is not None and "40% of the 12,000 documents" in reason
+    assert splade.approximate_unsuitable([(None, sparse_like)]) is None
+    assert splade.approximate_unsuitable([(None, dense[:300])]) is None

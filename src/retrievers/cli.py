@@ -77,6 +77,9 @@ def index(
     exact: Annotated[bool, typer.Option(help="no approximate index: search scores every document")] = False,
     shard_size: Annotated[int, typer.Option(min=1, help="passages per encoded shard (the unit of resuming)")] = 10_000,
     processes: Annotated[int, typer.Option(min=0, help="encoding processes (0: one per GPU, or CPU cores / 2)")] = 0,
+    calibration_queries: Annotated[Path | None, typer.Option(
+        help="jsonl or parquet queries (id, text) like the ones the index will serve: the parameters are chosen on "
+             "them instead of on pseudo-queries drawn from the corpus")] = None,
 ):
     """Encode a corpus (streamed, resumable) and build its index: PLAID for ColBERT, Seismic for SPLADE, with
     parameters checked against exact search; or --exact."""
@@ -85,8 +88,10 @@ def index(
         from retrievers.indexing import count_rows
 
         count_rows(corpus)  # bad input fails before a model is fetched or a folder touched
+        given = [r["text"] for r in read_records(calibration_queries)] if calibration_queries else None
         check_index_target(index_dir, overwrite)
-        build_index(fetch(model), corpus, index_dir, exact=exact, shard_size=shard_size, processes=processes)
+        build_index(fetch(model), corpus, index_dir, exact=exact, shard_size=shard_size, processes=processes,
+                    calibration_queries=given)
 
     _run(body)
 
@@ -131,10 +136,11 @@ def serve(
 
     def body():
         from retrievers.indexing import Searcher
-        from retrievers.serve import create_app
 
         searcher = Searcher(index_dir)  # a bad folder fails here, with one line, before the server starts
         import uvicorn
+
+        from retrievers.serve import create_app
 
         typer.echo(f"serving {index_dir} ({searcher.kind}, {searcher.record['documents']:,} documents) on "
                    f"http://{host}:{port}/", err=True)

@@ -20,7 +20,7 @@ from retrievers import models
 from retrievers.errors import CLIError
 from retrievers.io import write_json_atomic
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # log lines stay whole in files
 INDEX_RECORD = "retrievers-index.json"  # = retrievers.indexing.INDEX_RECORD
 BATCH = 32
 
@@ -104,10 +104,11 @@ class _Progress:
 
 
 def build_index(folder: Path, corpus: Path, index_dir: Path, exact: bool = False, shard_size: int = 10_000,
-                processes: int = 0) -> dict:
+                processes: int = 0, calibration_queries: list[str] | None = None) -> dict:
     """Encode ``corpus`` (streamed, in shards; an interrupted run of the same model, corpus and shard size
     resumes) with the model in ``folder`` and build its index in ``index_dir`` (another index there is
-    replaced): the kind's approximate index with parameters checked against exact search, or none (``exact``)."""
+    replaced): the kind's approximate index with parameters checked against exact search (on
+    ``calibration_queries`` when given), or none (``exact``)."""
     from retrievers import indexing
 
     indexing.count_rows(corpus)  # bad input fails before a model is loaded
@@ -133,21 +134,43 @@ def build_index(folder: Path, corpus: Path, index_dir: Path, exact: bool = False
               "mode": "exact" if exact else "approximate", "encode_seconds": round(time.perf_counter() - start, 1),
               "encoding_processes": devices}
     indexing.remove_approximate(index_dir, kind.KIND)
-    if not exact:
+    unsuitable = None if exact else kind.approximate_unsuitable(indexing.shards(index_dir, kind.KIND))
+    if unsuitable:
+        console.print(f"no {kind.INDEX_NAME} index: {unsuitable}", highlight=False)
+        record |= {"mode": "exact", "exact_reason": unsuitable, "build_seconds": 0.0}
+    elif not exact:
         loaded = loaded or load(folder)[1]
-        queries = indexing.encode_texts(kind.KIND, loaded, [indexing.pseudo_query(t) for t in sample], True)
-        ids = [f"calibration-{i}" for i in range(len(sample))]
-        console.print(f"choosing the {kind.INDEX_NAME} index parameters (top-10 recall vs exact search on "
-                      f"{len(sample)} pseudo-queries from the corpus):")
-        start = time.perf_counter()
-        record |= indexing.build_approximate(index_dir, kind.KIND, queries, ids, documents,
-                                             log=lambda line: console.print(line, highlight=False))
-        record["build_seconds"] = round(time.perf_counter() - start, 1)
-        console.print(f"chose build {json.dumps(record['build'])}, search {json.dumps(record['search'])}: "
-                      f"top-10 recall vs exact {record['calibration_recall@10']:.4f}", highlight=False)
+        record |= calibrate(index_dir, kind, loaded, sample, documents, calibration_queries)
+    else:
+        record["build_seconds"] = 0.0
     write_json_atomic(index_dir / INDEX_RECORD, record)
     (index_dir / indexing.PROGRESS).unlink()
     console.print(f"indexed {documents:,} documents with {kind.KIND} ({record['mode']}) into {index_dir}")
+    return record
+
+
+def calibrate(index_dir: Path, kind: ModuleType, model, sample: list[str], documents: int,
+              calibration_queries: list[str] | None) -> dict:
+    """Build the approximate index with the cheapest parameters that pass (retrievers.indexing.build_approximate):
+    calibration on the user's queries, if given, or on pseudo-queries from half of the sampled documents;
+    held-out pseudo-queries from the other half."""
+    from retrievers import indexing
+
+    pseudo = indexing.pseudo_queries(sample, seed=0)
+    texts = calibration_queries or pseudo[0::2]
+    calibration = indexing.encode_texts(kind.KIND, model, texts, True)
+    heldout = indexing.encode_texts(kind.KIND, model, pseudo[1::2], True)
+    source = f"{len(texts)} given queries" if calibration_queries else f"{len(texts)} pseudo-queries from the corpus"
+    console.print(f"choosing the {kind.INDEX_NAME} index parameters (top-10 recall vs exact search on {source}, "
+                  f"checked on {len(pseudo[1::2])} held-out pseudo-queries):")
+    start = time.perf_counter()
+    record = indexing.build_approximate(index_dir, kind.KIND, calibration, heldout, documents,
+                                        log=lambda line: console.print(line, highlight=False))
+    record["calibration_source"] = "given queries" if calibration_queries else "pseudo-queries"
+    record["build_seconds"] = round(time.perf_counter() - start, 1)
+    console.print(f"chose build {json.dumps(record['build'])}, search {json.dumps(record['search'])}: top-10 recall "
+                  f"vs exact {record['calibration_recall@10']:.4f}, held-out {record['heldout_recall@10']:.4f}",
+                  highlight=False)
     return record
 
 

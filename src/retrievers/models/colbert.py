@@ -260,6 +260,11 @@ def index_files(index_dir: Path) -> list[Path]:
     return [index_dir / "plaid"]
 
 
+def approximate_unsuitable(shards) -> str | None:
+    """Why PLAID cannot pay on these vectors, or None: the calibration decides for ColBERT."""
+    return None
+
+
 def candidate_settings(documents: int) -> list[tuple[dict, dict]]:
     """(build, search) PLAID settings, cheapest first: 8-bit residuals (PyLate's default 4 bits alone cost ~8
     points of top-10 recall against exact MaxSim on the fixture), more probed centroids than PyLate's 8, and more

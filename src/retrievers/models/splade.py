@@ -215,6 +215,31 @@ def index_files(index_dir: Path) -> list[Path]:
     return list(index_dir.glob("seismic*"))
 
 
+DENSE_LISTS = 0.1  # posting lists averaging more than this share of the documents: no inverted index
+DENSE_CHECK_DOCUMENTS = 10_000  # below this a build takes seconds and the calibration alone decides
+
+
+def approximate_unsuitable(shards) -> str | None:
+    """Why an inverted index cannot pay on these vectors, or None. A term's posting list holds every document
+    that has the term; when the lists average more than DENSE_LISTS of the corpus (a tiny vocabulary: the
+    fixture's 381 tokens give 85% at 100,000 passages; real SPLADE on MS MARCO about 0.4%), every query term
+    scans most documents, Seismic is slower than scoring all of them, and its builds take minutes per setting."""
+    documents, frequency = 0, None
+    for _, vectors in shards:
+        counts = np.bincount(vectors.indices, minlength=vectors.shape[1])
+        frequency = counts if frequency is None else frequency + counts
+        documents += vectors.shape[0]
+    if frequency is None or documents < DENSE_CHECK_DOCUMENTS:
+        return None
+    used = frequency[frequency > 0]
+    share = float(used.mean()) / documents if used.size else 0.0
+    if share <= DENSE_LISTS:
+        return None
+    return (f"posting lists average {share:.0%} of the {documents:,} documents ({used.size} terms used, "
+            f"{frequency.sum() / documents:.0f} per document): an inverted index would scan most documents for "
+            "every query, so search scores every document exactly instead")
+
+
 def candidate_settings(documents: int) -> list[tuple[dict, dict]]:
     """(build, search) Seismic settings, cheapest first. Seismic's defaults (n_postings 3500, summary_energy 0.4,
     centroid_fraction 0.1, query_cut 10, heap_factor 0.7) are tuned for MS MARCO's 8.8M passages of real SPLADE
