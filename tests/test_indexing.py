@@ -136,6 +136,34 @@ def test_killed_index_run_resumes_to_the_same_index(tiny_splade, tmp_path):
     assert search_index(whole, QUERIES, 10) == search_index(killed, QUERIES, 10)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return "\nState:\tZ" not in status  # a zombie has exited
+
+
+def test_encoding_processes_do_not_outlive_a_killed_index_run(tiny_splade, tmp_path):
+    """SIGKILL of `retrievers index` alone (not its process group): its encoding processes notice and exit, instead
+    of living on as orphans that hold the model in memory (and the caller's stderr pipe open)."""
+    env = {**__import__("os").environ, **OFFLINE_ENV, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([CLI, "index", str(tiny_splade), str(CORPUS), str(tmp_path / "index"), "--exact",
+                                "--shard-size", "10", "--processes", "2"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 300
+    while not indexing.shard_paths(tmp_path / "index") and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    children = [int(c) for c in Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()]
+    assert len(children) >= 2, children  # the two encoders (and multiprocessing's resource tracker)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    deadline = time.monotonic() + 60
+    while any(_alive(c) for c in children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [c for c in children if _alive(c)]
+
+
 def test_two_encoding_processes_write_the_shards_one_writes(tiny_splade, tmp_path):
     for processes in (1, 2):
         _cli("index", str(tiny_splade), str(CORPUS), str(tmp_path / str(processes)), "--exact", "--shard-size", "64",

@@ -323,14 +323,26 @@ def default_devices() -> list[str]:
     return ["cpu"] * max(1, (os.cpu_count() or 1) // 2)
 
 
-def _encode_worker(folder: str, kind: str, device: str, threads: int, index_dir: str, tasks, done) -> None:
+def _encode_worker(folder: str, kind: str, device: str, threads: int, index_dir: str, tasks, done,
+                   parent: int) -> None:
+    """Encode the shards ``tasks`` names until told to stop, or until ``parent`` (the indexing process) is gone."""
+    import queue
+
     import torch
 
     torch.set_num_threads(threads)
     model = models.kind_module(kind).load(folder)
     if device != "cpu":
         model = model.to(device)
-    while (task := tasks.get()) is not None:
+    while True:
+        try:
+            task = tasks.get(timeout=5.0)
+        except queue.Empty:
+            if os.getppid() != parent:  # the indexing process was killed: do not outlive it (resume redoes the rest;
+                os._exit(0)  # shards are renamed into place whole), and skip the queues' exit handlers, which wait on it
+            continue
+        if task is None:
+            return
         number, ids, texts = task
         write_shard(_shard_path(Path(index_dir), number), kind, ids, encode_texts(kind, model, texts, False))
         done.put((number, len(ids)))
@@ -379,7 +391,7 @@ def encode_corpus(index_dir: Path, folder: Path, kind: str, corpus: Path, shard_
     tasks, done = context.Queue(maxsize=2 * len(devices)), context.Queue()  # bounded: memory stays flat
     threads = max(1, (os.cpu_count() or 1) // len(devices))
     workers = [context.Process(target=_encode_worker, daemon=True,
-                               args=(str(folder), kind, device, threads, str(index_dir), tasks, done))
+                               args=(str(folder), kind, device, threads, str(index_dir), tasks, done, os.getpid()))
                for device in devices]
     for worker in workers:
         worker.start()
