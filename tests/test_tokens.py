@@ -117,6 +117,8 @@ def test_pretokenized_splade_batches_equal_the_sentence_transformers_collator(tm
         for start in range(0, 24, 8):
             rows = [train[i] for i in range(start, start + 8)]
             _assert_same_batch(stock(rows), fast(rows))
+            assert fast.checkpoint_state() == stock.checkpoint_state()  # what a resumed run restores the draws from
+    assert stock.checkpoint_state()["batches"] == 3
     # Synthetic texts: the same tokenisation of the same draws.
     vocabulary = [w for w in AutoTokenizer.from_pretrained(TINY_NEOBERT).get_vocab() if w.isalpha()]
     synthetic = _synthetic_tables(vocabulary, 2)
