@@ -335,11 +335,11 @@ def _encode_worker(folder: str, kind: str, device: str, threads: int, index_dir:
     if device != "cpu":
         model = model.to(device)
     while True:
+        if os.getppid() != parent:  # the indexing process was killed: do not outlive it (resume redoes the rest;
+            os._exit(0)  # shards are renamed into place whole), and skip the queues' exit handlers, which wait on it
         try:
             task = tasks.get(timeout=5.0)
         except queue.Empty:
-            if os.getppid() != parent:  # the indexing process was killed: do not outlive it (resume redoes the rest;
-                os._exit(0)  # shards are renamed into place whole), and skip the queues' exit handlers, which wait on it
             continue
         if task is None:
             return
