@@ -154,8 +154,11 @@ def _leftovers(workspace: Path) -> list[str]:
                                                            "plots", "data")
              if (workspace / folder).exists() for p in (workspace / folder).rglob(".*")
              if p.name not in (".eval_results",) and not p.name.startswith(".gitignore")]
-    if (workspace / "checkpoints").exists():
-        found += [str(p.relative_to(workspace)) for p in (workspace / "checkpoints").iterdir()]
+    if (workspace / "checkpoints").exists():  # a phase's checkpoints are removed once its model is saved
+        found += [str(p.relative_to(workspace)) for p in (workspace / "checkpoints").iterdir() if p.name != "tokens"]
+    tokens = workspace / "checkpoints" / "tokens"  # the token caches (speed.pretokenized) stay: content-keyed,
+    if tokens.exists():  # renamed into place whole; only a scratch build (".<key>.*") would be a leftover
+        found += [str(p.relative_to(workspace)) for p in tokens.iterdir() if p.name.startswith(".")]
     return found
 
 
