@@ -146,7 +146,8 @@ def _alive(pid: int) -> bool:
 
 def test_encoding_processes_do_not_outlive_a_killed_index_run(tiny_splade, tmp_path):
     """SIGKILL of `retrievers index` alone (not its process group): its encoding processes notice and exit, instead
-    of living on as orphans that hold the model in memory (and the caller's stderr pipe open)."""
+    of living on as orphans that hold the model in memory and the caller's stderr pipe open (one blocked for ever
+    reading a task its killed parent had half-written)."""
     env = {**__import__("os").environ, **OFFLINE_ENV, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen([CLI, "index", str(tiny_splade), str(CORPUS), str(tmp_path / "index"), "--exact",
                                 "--shard-size", "10", "--processes", "2"],
@@ -162,6 +163,10 @@ def test_encoding_processes_do_not_outlive_a_killed_index_run(tiny_splade, tmp_p
     while any(_alive(c) for c in children) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not [c for c in children if _alive(c)]
+    # The same command resumes and leaves no hidden temporary shard of the killed run behind.
+    _cli("index", str(tiny_splade), str(CORPUS), str(tmp_path / "index"), "--exact", "--shard-size", "10",
+         "--processes", "2")
+    assert not list((tmp_path / "index" / indexing.SHARDS).glob(".*"))
 
 
 def test_two_encoding_processes_write_the_shards_one_writes(tiny_splade, tmp_path):

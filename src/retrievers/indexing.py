@@ -323,26 +323,32 @@ def default_devices() -> list[str]:
     return ["cpu"] * max(1, (os.cpu_count() or 1) // 2)
 
 
+def _exit_when_orphaned(parent: int) -> None:
+    """End this process as soon as ``parent`` is gone (checked each second by a daemon thread). A killed parent can
+    leave a task half-written in the queue's pipe, where a blocking read would wait forever. ``os._exit`` skips the
+    queues' exit handlers, which would wait on the parent too; a shard being written is only ever a hidden temporary
+    file until it is renamed (the next run removes it)."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-when-orphaned", daemon=True).start()
+
+
 def _encode_worker(folder: str, kind: str, device: str, threads: int, index_dir: str, tasks, done,
                    parent: int) -> None:
     """Encode the shards ``tasks`` names until told to stop, or until ``parent`` (the indexing process) is gone."""
-    import queue
-
+    _exit_when_orphaned(parent)
     import torch
 
     torch.set_num_threads(threads)
     model = models.kind_module(kind).load(folder)
     if device != "cpu":
         model = model.to(device)
-    while True:
-        if os.getppid() != parent:  # the indexing process was killed: do not outlive it (resume redoes the rest;
-            os._exit(0)  # shards are renamed into place whole), and skip the queues' exit handlers, which wait on it
-        try:
-            task = tasks.get(timeout=5.0)
-        except queue.Empty:
-            continue
-        if task is None:
-            return
+    while (task := tasks.get()) is not None:
         number, ids, texts = task
         write_shard(_shard_path(Path(index_dir), number), kind, ids, encode_texts(kind, model, texts, False))
         done.put((number, len(ids)))
@@ -362,6 +368,8 @@ def encode_corpus(index_dir: Path, folder: Path, kind: str, corpus: Path, shard_
     total = count_rows(corpus)
     step = max(1, total // sample)
     (index_dir / SHARDS).mkdir(parents=True, exist_ok=True)
+    for partial in (index_dir / SHARDS).glob(".*.tmp.npz"):  # shards a killed run was still writing
+        partial.unlink()
     sampled: list[str] = []
     documents = resumed = finished = 0
 
