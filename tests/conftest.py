@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +19,39 @@ from retrievers.pipeline import OFFLINE_ENV as STAGE_OFFLINE_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 OFFLINE_ENV = STAGE_OFFLINE_ENV | {"TOKENIZERS_PARALLELISM": "false"}
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def olah_offline(mirrors: Path, folder: Path):
+    """olah (a Hub mirror server from PyPI) in offline mode on loopback, serving the git repositories under
+    ``mirrors`` (laid out as ``<models|datasets>/<org>/<name>``) the way the Hub serves them; yields its port."""
+    port = free_port()
+    (folder / "olah.toml").write_text(
+        f'[basic]\nhost = "127.0.0.1"\nport = {port}\nmirror-netloc = "127.0.0.1:{port}"\n'
+        f'mirror-lfs-netloc = "127.0.0.1:{port}"\nrepos-path = "{folder}/cache"\nmirrors-path = ["{mirrors}"]\n'
+        "[accessibility]\noffline = true\n"
+    )
+    with open(folder / "olah.log", "w") as log:
+        server = subprocess.Popen([sys.executable, "-m", "olah.server", "-c", "olah.toml"], cwd=folder, stdout=log,
+                                  stderr=subprocess.STDOUT)
+        for _ in range(300):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        try:
+            yield port
+        finally:
+            server.terminate()
+            server.wait(timeout=20)
 
 
 @functools.cache

@@ -12,22 +12,15 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from .conftest import REPO, run
+from .conftest import REPO, olah_offline, run
 
 pytestmark = pytest.mark.slow
 REPO_ID = "faults/tiny"
 WEIGHTS = REPO / "fixtures" / "models" / "tiny-modernbert"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class FaultyProxy:
@@ -109,26 +102,8 @@ def olah(tmp_path_factory):
     subprocess.run([*git, "add", "."], cwd=repo, check=True)
     subprocess.run([*git, "commit", "-q", "-m", "tiny"], cwd=repo, check=True)
     sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
-    folder = tmp_path_factory.mktemp("olah")
-    port = _free_port()
-    (folder / "olah.toml").write_text(
-        f'[basic]\nhost = "127.0.0.1"\nport = {port}\nmirror-netloc = "127.0.0.1:{port}"\n'
-        f'mirror-lfs-netloc = "127.0.0.1:{port}"\nrepos-path = "{folder}/cache"\nmirrors-path = ["{root}"]\n'
-        "[accessibility]\noffline = true\n"
-    )
-    log = open(folder / "olah.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "olah.server", "-c", "olah.toml"], cwd=folder, stdout=log,
-                              stderr=subprocess.STDOUT)
-    for _ in range(300):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    yield port, sha
-    server.terminate()
-    server.wait(timeout=20)
-    log.close()
+    with olah_offline(root, tmp_path_factory.mktemp("olah")) as port:
+        yield port, sha
 
 
 CODE = """

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,22 +15,16 @@ import httpx
 import numpy as np
 import pytest
 
-from .conftest import OFFLINE_ENV
+from .conftest import OFFLINE_ENV, free_port
 
 pytestmark = pytest.mark.slow
 TEXTS = ["what is the capital of france", "paris is the capital of france"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module", params=["modernbert-xtr", "neobert-splade"])
 def served(request, smoke_run, tmp_path_factory):
     model = request.param
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path_factory.mktemp("mlflow-serve") / "serve.log"
     env = {**os.environ, **OFFLINE_ENV, "MLFLOW_TRACKING_URI": f"sqlite:///{smoke_run.workspace}/mlflow.db",
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}

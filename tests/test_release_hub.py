@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -18,7 +16,7 @@ import yaml
 
 from retrievers.release import bundle_files
 
-from .conftest import REPO, run
+from .conftest import REPO, olah_offline, run
 from .hub_standin import HubStandIn
 
 pytestmark = pytest.mark.slow
@@ -143,36 +141,11 @@ def test_force_moves_the_tag_and_dry_run_lists_the_files(workspace, hub):
 
 
 # ---------------------------------------------------------------- download through a real Hub-compatible server
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def olah(hub, workspace, tmp_path_factory):
     """olah (a Hub mirror server from PyPI) in offline mode, serving the stand-in's git repositories."""
-    folder = tmp_path_factory.mktemp("olah")
-    port = _free_port()
-    (folder / "olah.toml").write_text(
-        f'[basic]\nhost = "127.0.0.1"\nport = {port}\nmirror-netloc = "127.0.0.1:{port}"\n'
-        f'mirror-lfs-netloc = "127.0.0.1:{port}"\nrepos-path = "{folder}/cache"\nmirrors-path = ["{hub.root}"]\n'
-        "[accessibility]\noffline = true\n"
-    )
-    log = open(folder / "olah.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "olah.server", "-c", "olah.toml"], cwd=folder, stdout=log,
-                              stderr=subprocess.STDOUT)
-    endpoint = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    yield endpoint
-    server.terminate()
-    server.wait(timeout=20)
-    log.close()
+    with olah_offline(hub.root, tmp_path_factory.mktemp("olah")) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def _cli(*args: str, cwd: Path, env: dict) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -17,17 +16,11 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 
-from .conftest import OFFLINE_ENV, REPO
+from .conftest import OFFLINE_ENV, REPO, free_port
 
 FIXTURE = REPO / "fixtures" / "datasets" / "tiny-NanoMSMARCO"
 CLI = str(Path(sys.executable).parent / "retrievers")
 ENV = {**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": "1"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +33,7 @@ def index_dir(tiny_splade, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def service(index_dir, tmp_path_factory):
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path_factory.mktemp("serve-log") / "serve.log", "w")
     server = subprocess.Popen([CLI, "serve", str(index_dir), "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
                               env=ENV)

@@ -18,7 +18,7 @@ from retrievers.config import parse_params
 from retrievers.faults import EnvironmentFault
 from retrievers.paths import Workspace
 
-from .conftest import REPO
+from .conftest import REPO, free_port
 
 PHASE = "modernbert-xtr"
 
@@ -67,15 +67,9 @@ def test_a_run_left_running_by_a_killed_process_is_ended_killed_at_the_next_star
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_a_tracking_server_that_is_down_is_one_line_naming_the_uri(tmp_path, monkeypatch):
-    port = _free_port()
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
