@@ -255,38 +255,88 @@ def test_saved_model_is_the_best_in_training_checkpoint(tiny_neobert, tmp_path):
     assert best == 7 or not all(torch.equal(ours[k], last[k]) for k in last)
 
 
+def _resumable_run(init: Path, output: Path, resume_from: str | None = None, workers: int = 0, rows: int = 24,
+                   epochs: int = 4):
+    """The tiny recipe on ``rows`` - 8 training rows with 8 of them repeated (no-duplicates epochs then yield fewer
+    batches than their length: 2 of 3 with 24 rows), in-training evaluation every 3 steps and a checkpoint every
+    step: (weights, losses, eval losses, trainer, card rows)."""
+    from datasets import concatenate_datasets
+
+    from retrievers.train.common import make_resumable
+
+    model, trainer = make_trainer(
+        init, output, max_train_samples=rows, eval_samples=8,
+        args={"num_train_epochs": epochs, "save_steps": 1, "eval_strategy": "steps", "eval_steps": 3,
+              "dataloader_num_workers": workers},
+        phase_args={"eval_strategy": "steps", "eval_steps": 3, "save_steps": 1, "dataloader_num_workers": workers},
+    )
+    trainer.train_dataset = concatenate_datasets([trainer.train_dataset, trainer.train_dataset.select(range(8))])
+    make_resumable(trainer, "no_duplicates", resume_from)
+    trainer.train(resume_from_checkpoint=resume_from)
+    losses = {e["step"]: e["loss"] for e in trainer.state.log_history if "loss" in e}
+    evals = {e["step"]: e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e}
+    card_rows = [dict(row) for row in model.model_card_data.training_logs]
+    return {k: v.clone() for k, v in model.state_dict().items()}, losses, evals, trainer, card_rows
+
+
+def _assert_resumes_equal(init: Path, tmp_path: Path, steps: tuple[int, ...], **run):
+    """Resume from each of ``steps``' checkpoints and compare with the uninterrupted run (returns its trainer)."""
+    weights, losses, evals, trainer, card_rows = _resumable_run(init, tmp_path / "straight", **run)
+    assert evals, "in-training evaluation ran (it draws from the collator too)"
+    for step in steps:
+        resumed_weights, resumed_losses, resumed_evals, _, resumed_rows = _resumable_run(
+            init, tmp_path / f"from-{step}", str(tmp_path / "straight" / f"checkpoint-{step}"), **run)
+        assert {s: v for s, v in resumed_losses.items() if s > step} == {s: v for s, v in losses.items() if s > step}
+        assert {s: v for s, v in resumed_evals.items() if s > step} == {s: v for s, v in evals.items() if s > step}
+        assert all(torch.equal(resumed_weights[k], weights[k]) for k in weights), f"resumed from step {step}"
+        assert resumed_rows == card_rows, "the saved model card's training logs (losses, validation losses)"
+    return trainer
+
+
 def test_a_resumed_run_equals_the_uninterrupted_one_with_short_no_duplicates_epochs(tiny_neobert, tmp_path):
     """A run resumed from any checkpoint ends with the uninterrupted run's weights and logs the same losses, where
     the no-duplicates sampler yields fewer batches than its length (rows repeated: 2 of 3 batches in most epochs),
     so the trainer's global_step arithmetic would resume batches off, and where the resumed epoch's remaining
     negatives must be the draws the uninterrupted run made (the collator's RNG is restored from the checkpoint,
     in-training evaluation drawing from it between batches)."""
-    from datasets import concatenate_datasets
+    trainer = _assert_resumes_equal(tiny_neobert, tmp_path, steps=(1, 3, 4))  # mid-epoch; an epoch's end; after eval
+    assert trainer.state.global_step < 4 * len(trainer.get_train_dataloader()), "the epochs are short (under test)"
 
-    from retrievers.train.common import make_resumable
 
-    def run(output, resume_from=None):
-        model, trainer = make_trainer(
-            tiny_neobert, output, max_train_samples=24, eval_samples=8,
-            args={"num_train_epochs": 4, "save_steps": 1, "eval_strategy": "steps", "eval_steps": 3},
-            phase_args={"eval_strategy": "steps", "eval_steps": 3, "save_steps": 1},
-        )
-        trainer.train_dataset = concatenate_datasets([trainer.train_dataset, trainer.train_dataset.select(range(8))])
-        make_resumable(trainer, "no_duplicates", resume_from)
-        trainer.train(resume_from_checkpoint=resume_from)
-        losses = {e["step"]: e["loss"] for e in trainer.state.log_history if "loss" in e}
-        evals = {e["step"]: e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e}
-        card_rows = [dict(row) for row in model.model_card_data.training_logs]
-        return {k: v.clone() for k, v in model.state_dict().items()}, losses, evals, trainer, card_rows
 
-    weights, losses, evals, trainer, card_rows = run(tmp_path / "straight")
-    batches = len(trainer.get_train_dataloader())
-    assert trainer.state.global_step < 4 * batches, "the epochs are short (the case under test)"
-    assert evals, "in-training evaluation ran (it draws from the collator too)"
-    for step in (1, 3, 4):  # mid-epoch and at a short epoch's end, after an evaluation
-        resumed_weights, resumed_losses, resumed_evals, _, resumed_rows = run(
-            tmp_path / f"from-{step}", str(tmp_path / "straight" / f"checkpoint-{step}"))
-        assert {s: v for s, v in resumed_losses.items() if s > step} == {s: v for s, v in losses.items() if s > step}
-        assert {s: v for s, v in resumed_evals.items() if s > step} == {s: v for s, v in evals.items() if s > step}
-        assert all(torch.equal(resumed_weights[k], weights[k]) for k in weights), f"resumed from step {step}"
-        assert resumed_rows == card_rows, "the saved model card's training logs (losses, validation losses)"
+def test_a_resumed_run_with_dataloader_workers_equals_the_uninterrupted_one(tiny_neobert, tmp_path):
+    """With 2 dataloader workers (the draws in their copies of the collator, which no checkpoint holds), a run
+    resumed mid-epoch ends with the uninterrupted run's weights, losses, eval losses and card rows."""
+    # 40 rows: epochs of 4 batches (of 5 the sampler's length allows), so each worker draws two and a resume after
+    # batch 2 (step 2) or batch 1 of epoch 1 (step 5) hands the next batch to a worker that drew nothing yet. The
+    # short epoch also leaves state.epoch at 0.8 when epoch 1 begins: the reseed callback's int(state.epoch) gives
+    # it epoch 0's seed, which a resume at 1.2 must restore rather than recompute.
+    trainer = _assert_resumes_equal(tiny_neobert, tmp_path, steps=(2, 5), workers=2, rows=40, epochs=2)
+    epochs = [e["epoch"] for e in trainer.state.log_history if "loss" in e]
+    assert epochs[:6] == [0.2, 0.4, 0.6, 0.8, 1.2, 1.4], epochs  # both resumes are mid-epoch
+
+
+def test_with_workers_each_rows_draw_is_a_function_of_the_epoch_seed_and_the_row_alone():
+    """In dataloader workers a row's positive and negatives do not depend on the batch it is in, its place there,
+    the copy of the collator that draws it or what was drawn before; they change with the epoch seed."""
+    import copy
+
+    from retrievers.data.kd import kd_rows, load_kd_tables
+    from retrievers.train.splade import KDTripletCollator
+
+    tables = load_kd_tables(KD, "train")
+    rows = [dict(row) for row in kd_rows(tables, 32, seed=0, max_rows=16)[0]]
+    collator = KDTripletCollator(tokenize_fn=None, tables=tables, n_negatives=2, seed=0, workers=2)
+    collator.set_epoch_seed(7)
+
+    def by_query(draws):
+        queries, positives, negatives, labels = draws
+        return {q: (positives[i], [slot[i] for slot in negatives], labels[i]) for i, q in enumerate(queries)}
+
+    whole = by_query(collator.draw(rows))
+    other = copy.deepcopy(collator)  # another worker's copy, which drew other batches first
+    other.draw(rows[:5])
+    halves = by_query(other.draw(rows[8:][::-1])) | by_query(other.draw(rows[:8]))
+    assert halves == whole and len(whole) == 16
+    collator.set_epoch_seed(8)
+    assert by_query(collator.draw(rows)) != whole, "the next epoch draws other negatives"

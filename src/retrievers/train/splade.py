@@ -194,18 +194,26 @@ class KDTripletCollator(SparseEncoderDataCollator):
     Its RNG is ``random.Random(seed)`` until ``set_epoch_seed`` reseeds it (``KDTripletEpochCallback``, at every
     epoch start, with seed + epoch). Dataloader workers each get a copy, as they did of the script's collator.
 
-    Resuming mid-epoch: the trainer skips the epoch's first batches without collating them, so the RNG would not
-    have advanced past their draws. ``checkpoint_state`` (saved with every checkpoint) keeps the RNG state before
+    Without dataloader workers (``workers`` 0) the draws are the script's: one RNG, row after row, batch after
+    batch. Resuming mid-epoch: the trainer skips the epoch's first batches without collating them, so the RNG would
+    not have advanced past their draws. ``checkpoint_state`` (saved with every checkpoint) keeps the RNG state before
     each of the epoch's last two training batches and the state now; ``resume_from`` starts the resumed epoch's
     next batch from the state before it, and the one after from the state after it. Two, because the dataloader
     collates one batch ahead, and an in-training evaluation (whose rows this collator also draws for) runs between
     that batch's draw and the save. Evaluation batches are not counted (``evaluating``, set by the epoch callback).
-    With dataloader workers the draws happen in the workers' copies: a resumed epoch's remaining batches are then
-    drawn afresh (warned)."""
+
+    With dataloader workers (``workers`` > 0: the trainer's ``dataloader_num_workers``) the draws happen in the
+    workers' copies of the collator, which no checkpoint sees. Each row's draw is then a pure function of the epoch
+    seed and the row (``random.Random("<epoch seed>:<query position>")``): the same whichever worker draws it and
+    whatever was drawn before, for any number of workers, so a resumed epoch's remaining batches get the draws of
+    the uninterrupted run; only the epoch's seed is restored (``checkpoint_state``). (The script's workers each
+    advance their own copy of one RNG, which makes its draws depend on the number of workers.)"""
 
     tables: Any = None
     n_negatives: int = 1
     seed: int = 0
+    workers: int = 0  # the dataloader workers that draw (0: this process, from ``rng``)
+    epoch_seed: int = 0  # what ``rng`` was last seeded with
     rng: random.Random = field(default_factory=random.Random, repr=False)
     evaluating: bool = False
     batches: int = 0  # training batches drawn since the last reseed
@@ -213,20 +221,26 @@ class KDTripletCollator(SparseEncoderDataCollator):
     resumed_states: list = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
+        self.epoch_seed = self.seed
         self.rng = random.Random(self.seed)
 
     def set_epoch_seed(self, epoch_seed: int) -> None:
+        self.epoch_seed = epoch_seed
         self.rng = random.Random(epoch_seed)
         self.batches, self.states_before, self.resumed_states = 0, {}, []
 
     def checkpoint_state(self) -> dict:
-        return {"batches": self.batches, "states_before": dict(self.states_before), "state": self.rng.getstate()}
+        return {"batches": self.batches, "states_before": dict(self.states_before), "state": self.rng.getstate(),
+                "epoch_seed": self.epoch_seed}
 
     def resume_from(self, saved: dict, skipped_batches: int) -> None:
         """Continue the epoch after ``skipped_batches`` training batches as an uninterrupted run would."""
         import logging
 
         if skipped_batches == 0:  # the resumed run starts an epoch: its reseed already holds
+            return
+        if self.workers:  # every draw is pure; the epoch's seed is the one it started with (the reseed callback's
+            self.epoch_seed = saved["epoch_seed"]  # int(state.epoch) there can be below the epoch's number)
             return
         if saved["batches"] not in (skipped_batches, skipped_batches + 1):
             logging.getLogger(__name__).warning(
@@ -248,15 +262,17 @@ class KDTripletCollator(SparseEncoderDataCollator):
 
     def draw(self, features: list[dict]) -> tuple[list[int], list[int], list[list[int]], list[list[float]]]:
         """The batch's draw: query, positive and negative positions in the KD tables and the teacher labels, from the
-        collator's RNG (advanced, and its state recorded for resume, once per training batch)."""
-        if not self.evaluating:
+        collator's RNG (advanced, and its state recorded for resume, once per training batch), or in dataloader
+        workers from each row's own RNG."""
+        if not self.workers and not self.evaluating:
             self._next_training_batch()
         queries, positives = [], []
         negatives: list[list[int]] = [[] for _ in range(self.n_negatives)]
         labels = []
         for row in features:
             scores, documents = row["scores"], row["positions"]["documents"]
-            best, drawn = draw_positive_and_negatives(scores, self.rng, self.n_negatives)
+            rng = self.rng if not self.workers else random.Random(f"{self.epoch_seed}:{row['positions']['query']}")
+            best, drawn = draw_positive_and_negatives(scores, rng, self.n_negatives)
             queries.append(row["positions"]["query"])
             positives.append(documents[best])
             for slot, index in zip(negatives, drawn, strict=True):
@@ -396,6 +412,7 @@ def splade_trainer(phase: SpladePhase, init: Path, data: Path, args, seed: int, 
         tables=tables,
         n_negatives=phase.n_negatives,
         seed=seed,
+        workers=args.dataloader_num_workers,
         router_mapping=args.router_mapping,
         prompts=args.prompts,
         all_special_ids=set(model.tokenizer.all_special_ids),
