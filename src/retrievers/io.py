@@ -7,6 +7,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -29,11 +30,19 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+# What tempfile.mkdtemp / mkstemp add to a prefix: 8 characters of its name sequence.
+_TEMP_SUFFIX = "[a-z0-9_]{8}"
+
+
 def remove_stale_scratch(target: Path) -> None:
-    """Remove scratch copies of ``target`` that a killed process left beside it (``.<name>.*``). A workspace runs
-    one ``dvc repro`` at a time (DVC's lock), so any such copy belongs to a dead run."""
+    """Remove scratch copies of ``target`` that a killed process left beside it: the names ``atomic_dir`` and
+    ``write_text_atomic`` make (``.<name>.<8 characters>``, ``.<name>.old-<8 characters>``), nothing else. A
+    workspace runs one ``dvc repro`` at a time (DVC's lock), so any such copy belongs to a dead run."""
     if target.parent.is_dir():
+        ours = re.compile(rf"\.{re.escape(target.name)}\.(old-)?{_TEMP_SUFFIX}")
         for stale in target.parent.glob(f".{glob.escape(target.name)}.*"):
+            if not ours.fullmatch(stale.name):
+                continue
             if stale.is_dir():
                 shutil.rmtree(stale, ignore_errors=True)
             else:

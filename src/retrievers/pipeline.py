@@ -17,7 +17,7 @@ import yaml
 from retrievers import tracking
 from retrievers.config import ConfigError, Params, flatten, load_params
 from retrievers.errors import exit_on_user_error
-from retrievers.io import write_json_atomic, write_text_atomic
+from retrievers.io import remove_stale_scratch, write_json_atomic, write_text_atomic
 from retrievers.killpoints import kill_point
 from retrievers.paths import Workspace
 
@@ -215,6 +215,15 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+def remove_stale_download_scratch(ws: Workspace, params: Params | None) -> None:
+    """At every stage's start: remove the scratch copies of data/<source> (``atomic_dir``'s names only) that a
+    download killed inside its write left. DVC can restore download@ from its run-cache without running it, so the
+    download's own next write may never come to remove them. Not in torchrun's ranks (their launcher did it)."""
+    if isinstance(params, Params) and "LOCAL_RANK" not in os.environ:
+        for source in params.sources:
+            remove_stale_scratch(ws.source_dir(source))
+
+
 def stage_main(run: Callable[[Workspace, Params, str], None], argv: list[str] | None = None) -> None:
     """Entry point of a stage script: ``python stages/<stage>.py <key> [--workspace ROOT]`` (dvc.yaml passes no
     root: DVC runs stages from the workspace root, the default). Errors a user can cause end the
@@ -234,7 +243,13 @@ def stage_main(run: Callable[[Workspace, Params, str], None], argv: list[str] | 
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
         signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM ends the stage's MLflow run KILLED, as Ctrl-C does
         kill_point(f"start:{name}")
-        exit_on_user_error(f"{name}@{key}", lambda: run(ws, load_params(ws.params_file), key))
+
+        def start() -> None:
+            params = load_params(ws.params_file)
+            remove_stale_download_scratch(ws, params)
+            run(ws, params, key)
+
+        exit_on_user_error(f"{name}@{key}", start)
 
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command(help=(run.__doc__ or name).split("\n")[0])(command)
