@@ -340,3 +340,28 @@ def test_with_workers_each_rows_draw_is_a_function_of_the_epoch_seed_and_the_row
     assert halves == whole and len(whole) == 16
     collator.set_epoch_seed(8)
     assert by_query(collator.draw(rows)) != whole, "the next epoch draws other negatives"
+
+
+def test_a_run_resumed_after_its_last_evaluation_saves_the_uninterrupted_runs_model_card(tiny_neobert, tmp_path):
+    """The saved README.md (training logs and the evaluation section: the in-training evaluator's last results) of a
+    run resumed from its last checkpoint, after the last in-training evaluation, equals the uninterrupted run's."""
+    from retrievers.train.common import CARD_EVALUATION, make_resumable
+
+    nano = FIXTURES / "datasets" / "tiny-NanoBEIR-en"
+
+    def run(output: Path, resume_from: str | None = None) -> str:
+        model, trainer = make_trainer(
+            tiny_neobert, output, max_train_samples=32, eval_samples=8, eval_data=str(nano),
+            in_training_evaluation={"datasets": ["msmarco"], "batch_size": 64},
+            args={"num_train_epochs": 1, "save_steps": 1, "eval_strategy": "steps", "eval_steps": 2},
+            phase_args={"eval_strategy": "steps", "eval_steps": 2, "save_steps": 1},
+        )
+        make_resumable(trainer, "no_duplicates", resume_from)
+        trainer.train(resume_from_checkpoint=resume_from)
+        model.save(str(output / "model"))
+        return (output / "model" / "README.md").read_text()
+
+    straight = run(tmp_path / "straight")
+    assert "## Evaluation" in straight and (tmp_path / "straight" / "checkpoint-3" / CARD_EVALUATION).exists()
+    resumed = run(tmp_path / "resumed", str(tmp_path / "straight" / "checkpoint-3"))  # 3 steps; evaluated at 2
+    assert resumed == straight

@@ -306,7 +306,7 @@ def make_resumable(trainer, batch_sampler: str, resume_from: str | None, tempera
     batch sampling (``batch_sampler``: the phase's ``args.batch_sampler``), the model card's loss rows, sealed
     checkpoints holding the temperature and the collator's draw state, and the exact resume position.
     ``scan_free``: no_duplicates through retrievers.sampling's sampler (the same batches, no scan per batch)."""
-    trainer.add_callback(model_card_logs_callback(trainer.model, resume_from))
+    trainer.add_callback(model_card_logs_callback(trainer.model, resume_from, getattr(trainer, "evaluator", None)))
     sampling = EpochSeededBatchSampling(batch_sampler, scan_free)
     trainer.args.batch_sampler = sampling  # the trainer's own extension point: a batch-sampler factory
     trainer.add_callback(sampling.callback())
@@ -317,17 +317,38 @@ def make_resumable(trainer, batch_sampler: str, resume_from: str | None, tempera
 
 
 CARD_LOGS = "model_card_logs.json"
+CARD_EVALUATION = "model_card_evaluation.json"
 
 
-def model_card_logs_callback(model, checkpoint: str | None):
-    """A TrainerCallback that keeps the training-log rows of the model card (the README.md sentence-transformers
-    saves with the model) across a resume: the library collects them in memory as they are logged (losses, the
-    in-training evaluator's primary metrics, the validation loss), so a resumed run's card would start at the
-    checkpoint. Each checkpoint stores them (``CARD_LOGS``); a resumed run starts from the stored rows.
+def _pure(value):
+    """A numpy or torch scalar as plain Python (as the model card's own formatting converts it)."""
+    return value.item() if hasattr(value, "dtype") and hasattr(value, "item") else value
 
-    Not kept: the evaluator's full results (``eval_results_dict``, the card's evaluation section, keyed by evaluator
-    objects), which the next in-training evaluation sets again; a run resumed after its last evaluation saves a
-    card without it."""
+
+def _evaluator_objects(evaluator, path: str = "") -> list[tuple[object, str]]:
+    """The in-training evaluator and the ones inside it (a NanoBEIR or sequential evaluator's ``evaluators``, which
+    store their own results in the card), each with a name that is the same in every run of the phase."""
+    if evaluator is None:
+        return []
+    name = f"{path}{type(evaluator).__name__}:{getattr(evaluator, 'name', '')}"
+    found = [(evaluator, name)]
+    for index, inner in enumerate(getattr(evaluator, "evaluators", None) or []):
+        found += _evaluator_objects(inner, f"{name}/{index}/")
+    return found
+
+
+def _evaluator_names(evaluator) -> dict[int, str]:
+    return {id(e): name for e, name in _evaluator_objects(evaluator)}
+
+
+def model_card_logs_callback(model, checkpoint: str | None, evaluator=None):
+    """A TrainerCallback that keeps the model card (the README.md sentence-transformers saves with the model) across
+    a resume. The library collects its training-log rows (losses, the in-training evaluator's primary metrics, the
+    validation loss) and the in-training ``evaluator``'s last results (``eval_results_dict``, the card's evaluation
+    section) in memory as they come, so a resumed run's card would start at the checkpoint, and one resumed after
+    the last evaluation would have no evaluation section. Each checkpoint stores both (``CARD_LOGS``,
+    ``CARD_EVALUATION``: each evaluator's results, by its place in the evaluator); a resumed run starts from them,
+    the results set in the card data's own ``eval_results_dict`` for this run's evaluator objects."""
     from transformers import TrainerCallback
 
     class KeepModelCardLogs(TrainerCallback):
@@ -336,12 +357,30 @@ def model_card_logs_callback(model, checkpoint: str | None):
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if card is not None and folder.is_dir() and state.is_world_process_zero:
                 write_json_atomic(folder / CARD_LOGS, card.training_logs, sort_keys=False)
+                names = _evaluator_names(evaluator)
+                results = [{"evaluator": names[id(e)], "primary_metric": getattr(e, "primary_metric", None),
+                            "metrics": {k: _pure(v) for k, v in metrics.items()}}
+                           for e, metrics in (getattr(card, "eval_results_dict", None) or {}).items()
+                           if id(e) in names]
+                if results:
+                    write_json_atomic(folder / CARD_EVALUATION, results, sort_keys=False)
 
         def on_train_begin(self, args, state, control, **kwargs):
             card = getattr(model, "model_card_data", None)
-            saved = Path(checkpoint) / CARD_LOGS if checkpoint else None
-            if card is not None and saved is not None and saved.exists() and not card.training_logs:
-                card.training_logs.extend(json.loads(saved.read_text()))
+            folder = Path(checkpoint) if checkpoint else None
+            if card is None or folder is None:
+                return
+            if (folder / CARD_LOGS).exists() and not card.training_logs:
+                card.training_logs.extend(json.loads((folder / CARD_LOGS).read_text()))
+            results = getattr(card, "eval_results_dict", None)
+            if results == {} and (folder / CARD_EVALUATION).exists():
+                by_name = {name: e for e, name in _evaluator_objects(evaluator)}
+                for saved in json.loads((folder / CARD_EVALUATION).read_text()):
+                    if saved["evaluator"] in by_name:  # its primary metric (bold in the card) is set by its first
+                        restored = by_name[saved["evaluator"]]  # run: as the uninterrupted run's had set it
+                        if saved["primary_metric"] and not getattr(restored, "primary_metric", None):
+                            restored.primary_metric = saved["primary_metric"]
+                        results[restored] = saved["metrics"]
 
     return KeepModelCardLogs()
 
