@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from .conftest import REPO, run
+from .test_splade import tiny_neobert  # noqa: F401  (the tiny NeoBERT fixture)
 
 pytestmark = pytest.mark.slow
 PER_DEVICE_BATCH = 4
@@ -68,3 +69,26 @@ def test_a_failed_torchrun_ends_the_stage_in_one_line(tmp_path):
     message = str(exit_info.value.code)
     assert message.startswith("train@modernbert-xtr-contrastive: error: torchrun exited with status ")
     assert "\n" not in message
+
+
+def test_two_process_splade_resumed_mid_epoch_equals_uninterrupted(tiny_neobert, tmp_path):  # noqa: F811
+    """DDP on CPU: a run resumed from a mid-epoch checkpoint (after an in-training evaluation; each rank's collator
+    state in its own file) ends with the uninterrupted run's weights and losses. The resume once failed in the
+    trainer's optimizer load (map_location cpu:<rank>)."""
+    import torch
+
+    def launch(output, *resume):
+        run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+             str(REPO / "tests" / "ddp_splade_rank.py"), str(tiny_neobert), str(output), *resume], cwd=tmp_path)
+        return torch.load(output / "final.pt")
+
+    straight = launch(tmp_path / "straight")
+    assert straight["world_size"] == 2 and max(straight["losses"]) == 8  # 2 epochs of 4 two-rank steps
+    checkpoint = tmp_path / "straight" / "checkpoint-2"
+    assert {p.name for p in checkpoint.glob("collator_state*")} == {"collator_state_rank0.pt",
+                                                                     "collator_state_rank1.pt"}
+    resumed = launch(tmp_path / "resumed", str(checkpoint))
+    assert {s: v for s, v in resumed["losses"].items() if s > 2} == {s: v for s, v in straight["losses"].items()
+                                                                      if s > 2}
+    assert all(torch.equal(resumed["weights"][k], straight["weights"][k]) for k in straight["weights"])
+

@@ -439,7 +439,24 @@ def prepare_torchrun_rank() -> bool:
         return False
     if not torch.cuda.is_available():
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+        accept_indexed_cpu_locations()
     return True
+
+
+def _indexed_cpu(storage, location: str):
+    return storage if location.startswith("cpu:") else None
+
+
+def accept_indexed_cpu_locations() -> None:
+    """Let ``torch.load(..., map_location=torch.device("cpu", i))`` load onto the CPU. A resumed multi-process run
+    loads its optimizer state with ``map_location=args.device``, which is ``cpu:<i>`` for CPU (gloo) ranks, and torch
+    restores only ``cpu``: the resume failed with "don't know how to restore data location ... (tagged with cpu:0)".
+    Through torch's own location registry (``torch.serialization.register_package``); saving is unaffected (the
+    tagger names nothing)."""
+    import torch.serialization
+
+    if not any(fn is _indexed_cpu for _, _, fn in torch.serialization._package_registry):
+        torch.serialization.register_package(11, lambda obj: None, _indexed_cpu)
 
 
 def launch_torchrun(ws: Workspace, phase_key: str, nproc_per_node: int) -> None:
