@@ -9,8 +9,6 @@ clean; the MLflow store has no run left RUNNING.
 
     python benchmarks/kill_harness.py --workdir /tmp/kills            # every point (the by-hand run)
     python benchmarks/kill_harness.py --workdir /tmp/kills --points step:5 atomic:models/modernbert-xtr
-    python benchmarks/kill_harness.py --workdir /tmp/kills-ddp --splade-processes 2 \
-        --points train@neobert-splade:step:5 train@neobert-splade:checkpoint-save:4    # DDP: per-rank collator state
 
 The tiny profile (the smoke profile with a few steps, several epochs each, so resumes cross epoch boundaries) keeps a
 point to a killed run plus a resumed one. tests/test_kill_harness.py runs a few points of it in CI.
@@ -91,10 +89,8 @@ def _dvc(workspace: Path, *args: str, env: dict[str, str], timeout: int = 1800) 
                           start_new_session=True)
 
 
-def make_reference(workdir: Path, hub_endpoint: str, splade_processes: int = 1) -> Path:
-    """The tiny profile, materialised and run once, uninterrupted: what every killed-and-resumed run must equal.
-    ``splade_processes`` > 1: the SPLADE phase under torchrun (DDP over gloo on CPU), each rank drawing its own
-    negatives (one collator state file per rank in each checkpoint)."""
+def make_reference(workdir: Path, hub_endpoint: str) -> Path:
+    """The tiny profile, materialised and run once, uninterrupted: what every killed-and-resumed run must equal."""
     reference = workdir / "reference"
     hub = {"HF_TOKEN": TOKEN, "HF_ENDPOINT": hub_endpoint, "HF_HUB_OFFLINE": "0"}
     # Materialised afresh each time: the checkout's sources are synced (only changed files are copied), so an
@@ -107,8 +103,6 @@ def make_reference(workdir: Path, hub_endpoint: str, splade_processes: int = 1) 
                 params["phases"][phase]["args"].update(value)
             else:
                 params["phases"][phase][key] = value
-    if splade_processes > 1:
-        params["phases"]["neobert-splade"]["nproc_per_node"] = splade_processes
     params["models"]["neobert-splade"]["release"]["hub"] = {"push": True, "tag": "v0.1.0", "dry_run": False,
                                                             "force": True}
     (reference / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -222,12 +216,12 @@ def try_point(reference: Path, workdir: Path, stage: str, point: str, hub_endpoi
     return outcome
 
 
-def run(workdir: Path, points: list[tuple[str, str]], splade_processes: int = 1) -> list[dict]:
+def run(workdir: Path, points: list[tuple[str, str]]) -> list[dict]:
     from tests.hub_standin import HubStandIn
 
     workdir.mkdir(parents=True, exist_ok=True)
     with HubStandIn(workdir / "hub", token=TOKEN) as hub:
-        reference = make_reference(workdir, hub.endpoint, splade_processes)
+        reference = make_reference(workdir, hub.endpoint)
         results = []
         for stage, point in points:
             results.append(try_point(reference, workdir, stage, point, hub.endpoint))
@@ -239,11 +233,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--points", nargs="*", help="kill points to try (default: all)")
-    parser.add_argument("--splade-processes", type=int, default=1,
-                        help="train the SPLADE phase with this many DDP processes (torchrun, gloo on CPU)")
     args = parser.parse_args()
     chosen = [p for p in POINTS if not args.points or p[1] in args.points or f"{p[0]}:{p[1]}" in args.points]
-    results = run(args.workdir, chosen, args.splade_processes)
+    results = run(args.workdir, chosen)
     passed = sum(r["passed"] for r in results)
     (args.workdir / "results.json").write_text(json.dumps(results, indent=2))
     print(markdown_table(results))
