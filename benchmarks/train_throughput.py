@@ -516,6 +516,8 @@ def main() -> None:
     parser.add_argument("--pretokenized", choices=["params", "on", "off", "both"], default="both",
                         help="--data-only: speed.pretokenized as params.yaml sets it, forced, or both side by side")
     parser.add_argument("--n-ways", type=int, default=None, help="XTR distillation: documents per query (default 16)")
+    parser.add_argument("--parallel", action="store_true", help="run the paths' processes at once (a loaded "
+                        "machine gives each a share: compare step_cpu_s then, not wall time)")
     parser.add_argument("--output", type=Path, default=None, help="write all results as JSON here")
     parser.add_argument("--worker", nargs=2, metavar=("RECIPE", "PATH"), help=argparse.SUPPRESS)
     a = parser.parse_args()
@@ -541,18 +543,31 @@ def main() -> None:
                 results.append(run_data_only(recipe, a.device, a.small, a.batches, a.workers, setting))
                 print(json.dumps(results[-1]), flush=True)
     else:
-        print(f"# {size_profile(a.device, a.small)['name']}; {steps} measured steps after {warmup}", flush=True)
-        for recipe in a.recipes:
-            for path in ("stock", "stock-muon", "ours") if recipe == "splade" else ("stock", "ours"):
-                cmd = [sys.executable, __file__, "--worker", recipe, path, "--device", a.device,
-                       "--steps", str(steps), "--warmup", str(warmup)] + (["--small"] if a.small else []) \
-                    + (["--n-ways", str(a.n_ways)] if a.n_ways else [])
-                proc = subprocess.run(cmd, capture_output=True, text=True)
-                lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-                if proc.returncode or not lines:
-                    sys.exit(f"{recipe}/{path} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-                results.append(json.loads(lines[-1][len("RESULT "):]))
-                print(json.dumps(results[-1]), flush=True)
+        print(f"# {size_profile(a.device, a.small)['name']}; {steps} measured steps after {warmup}"
+              + ("; the paths' processes at once" if a.parallel else ""), flush=True)
+        runs = [(recipe, path) for recipe in a.recipes
+                for path in (("stock", "stock-muon", "ours") if recipe == "splade" else ("stock", "ours"))]
+
+        def start(recipe: str, path: str) -> subprocess.Popen:
+            cmd = [sys.executable, __file__, "--worker", recipe, path, "--device", a.device,
+                   "--steps", str(steps), "--warmup", str(warmup)] + (["--small"] if a.small else []) \
+                + (["--n-ways", str(a.n_ways)] if a.n_ways else [])
+            return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+        def finish(recipe: str, path: str, proc: subprocess.Popen) -> None:
+            stdout, stderr = proc.communicate()
+            lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+            if proc.returncode or not lines:
+                sys.exit(f"{recipe}/{path} failed ({proc.returncode}):\n{stderr[-3000:]}")
+            results.append(json.loads(lines[-1][len("RESULT "):]))
+            print(json.dumps(results[-1]), flush=True)
+
+        if a.parallel:
+            for recipe, path, proc in [(recipe, path, start(recipe, path)) for recipe, path in runs]:
+                finish(recipe, path, proc)
+        else:
+            for recipe, path in runs:
+                finish(recipe, path, start(recipe, path))
         print_table(results)
     if a.output:
         a.output.write_text(json.dumps(results, indent=1))

@@ -21,8 +21,8 @@ from retrievers.packed import PackedColBERT, PackedColBERTCollator, PackedSparse
 from .conftest import REPO, published
 
 FAST = SpeedConfig(length_buckets=True, bucket_tokens=64, pad_multiple=4, min_bucket_efficiency=0.9,
-                   documents_to_longest=True, fused_splade_pooling=True, splade_chunk_tokens=40, pretokenized=False,
-                   scan_free_no_duplicates=False)
+                   documents_to_longest=True, fused_splade_pooling=True, splade_chunk_tokens=40,
+                   packed_splade_pooling=False, pretokenized=False, scan_free_no_duplicates=False)
 TINY_MODERNBERT = REPO / "fixtures" / "models" / "tiny-modernbert"
 TINY_NEOBERT = REPO / "fixtures" / "models" / "tiny-neobert"
 
@@ -180,19 +180,20 @@ def test_fast_models_save_what_the_stock_loaders_load_and_encode_alike(tmp_path)
         docs, convert_to_tensor=True).to_dense(), expected)
 
 
-def _splade_pair():
+def _splade_pair(packed: bool = False):
     from retrievers.models.splade import build_splade
 
     torch.manual_seed(0)
     splade = SpladeConfig(**published("phases", "neobert-splade", "splade", max_seq_length=96))
     stock = build_splade(TINY_NEOBERT, splade)
-    fast = build_splade(TINY_NEOBERT, splade, FAST)
+    fast = build_splade(TINY_NEOBERT, splade, FAST.model_copy(update={"packed_splade_pooling": packed}))
     fast.load_state_dict(stock.state_dict())
     assert isinstance(fast, PackedSparseEncoder) and fast._fusable()
     return stock, fast
 
 
-def test_splade_fast_path_loss_and_gradients_equal_the_stock_path():
+@pytest.mark.parametrize("packed", [False, True])
+def test_splade_fast_path_loss_and_gradients_equal_the_stock_path(packed):
     from sentence_transformers.sparse_encoder.data_collator import SparseEncoderDataCollator
 
     from retrievers.train.splade import build_loss
@@ -200,7 +201,7 @@ def test_splade_fast_path_loss_and_gradients_equal_the_stock_path():
     params = parse_params(__import__("yaml").safe_load((REPO / "params.yaml").read_text()))
     phase = params.phases["neobert-splade"]
     assert isinstance(phase, SpladePhase)
-    stock, fast = _splade_pair()
+    stock, fast = _splade_pair(packed)
     rows = [{"query": q, "positive": p, "negative": n}
             for q, p, n in zip(_texts(8, 2, 8, 6), _texts(8, 3, 90, 7), _texts(8, 3, 60, 8), strict=True)]
     stock_batch = SparseEncoderDataCollator(tokenize_fn=stock.tokenize)(rows)
@@ -209,23 +210,26 @@ def test_splade_fast_path_loss_and_gradients_equal_the_stock_path():
                                     stock_batch, fast_batch)
 
 
+@pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("activation", ["relu", "log1p_relu"])
-def test_fused_splade_pooling_equals_the_stock_pooling(activation):
+def test_fused_splade_pooling_equals_the_stock_pooling(activation, packed):
+    """Also a row with no attended position (the stock maximum is then the masked 0) and chunks of whole rows
+    (packed: 22 tokens hold rows of 11 + 3 + 7, then 1 + 0 + 9)."""
     from sentence_transformers.sparse_encoder.models import SpladePooling
 
     torch.manual_seed(0)
-    hidden = torch.randn(5, 11, 16, requires_grad=True)
-    mask = torch.ones(5, 11, dtype=torch.long)
-    for row, length in enumerate([11, 3, 7, 1, 9]):
+    hidden = torch.randn(6, 11, 16, requires_grad=True)
+    mask = torch.ones(6, 11, dtype=torch.long)
+    for row, length in enumerate([11, 3, 7, 1, 0, 9]):
         mask[row, length:] = 0
     decoder = torch.nn.Linear(16, 50)
     pooling = SpladePooling("max", activation_function=activation).train()
     expected = pooling({"token_embeddings": decoder(hidden), "attention_mask": mask})["sentence_embedding"]
-    weights = torch.rand(5, 50)
+    weights = torch.rand(6, 50)
     grads_expected = torch.autograd.grad((expected * weights).sum(), [hidden, decoder.weight, decoder.bias])
-    # Two micro-forwards (rows 0-2 at full width, rows 3-4 trimmed to 9 positions), rows chunked by 22 tokens.
+    # Two micro-forwards (rows 0-2 at full width, rows 3-5 trimmed to 9 positions), rows chunked by 22 tokens.
     got = splade_max_pool([hidden[:3], hidden[3:, :9]], [mask[:3], mask[3:, :9]], decoder, activation == "log1p_relu",
-                          chunk_tokens=22)
+                          chunk_tokens=22, packed=packed)
     grads_got = torch.autograd.grad((got * weights).sum(), [hidden, decoder.weight, decoder.bias])
     torch.testing.assert_close(got, expected)
     for a, b in zip(grads_got, grads_expected, strict=True):

@@ -201,6 +201,9 @@ class SpeedConfig(Strict):
         description="SPLADE on NeoBERT: max-pooled log1p(relu) activations without the tokens x vocabulary tensor "
         "(custom autograd function)")
     splade_chunk_tokens: int = Field(ge=1, description="token positions whose vocabulary logits exist at once")
+    packed_splade_pooling: bool = Field(
+        description="with fused_splade_pooling: the decoder over the attended tokens only, packed into chunks of "
+        "whole rows, and a backward through compressed-row sparse products built without a sort")
     pretokenized: bool = Field(
         description="KD recipes: tokenise the queries and documents tables once into a cache (checkpoints/tokens) "
         "and collate batches by padding token ids (retrievers.data.tokens); the stock collators' tensors")
@@ -213,7 +216,7 @@ class SpeedConfig(Strict):
         """Every fast path off: the stock libraries' code (the sizes are then unused)."""
         return cls(length_buckets=False, bucket_tokens=16384, pad_multiple=8, min_bucket_efficiency=0.95,
                    documents_to_longest=False, fused_splade_pooling=False, splade_chunk_tokens=2048,
-                   pretokenized=False, scan_free_no_duplicates=False)
+                   packed_splade_pooling=False, pretokenized=False, scan_free_no_duplicates=False)
 
 
 class PhaseBase(Strict):

@@ -182,6 +182,21 @@ class PackedColBERTCollator(ColBERTCollator):
         return batch
 
 
+def _pooled(z: torch.Tensor, twice: bool) -> torch.Tensor:
+    """SPLADE's activation of the per-(row, term) maximum logit: log1p(relu(z)), twice for ``log1p_relu``."""
+    out = z.clamp(min=0).log1p()
+    return out.log1p() if twice else out
+
+
+def _logit_gradient(grad_out: torch.Tensor, z: torch.Tensor, twice: bool) -> torch.Tensor:
+    """d loss / d z (float32) through ``_pooled``; 0 where z <= 0 (relu'(0) = 0, as autograd has it)."""
+    zf = z.float().clamp(min=0)
+    slope = 1.0 / (1.0 + zf)
+    if twice:
+        slope = slope / (1.0 + zf.log1p())
+    return grad_out.float() * slope * (z > 0)
+
+
 class _SpladeMaxPool(torch.autograd.Function):
     """``max_l act(mask * (hidden @ W^T + b))`` per row, act = log1p(relu) (twice for ``log1p_relu``), over the
     micro-forwards of one batch at once: ``hiddens[k]`` (rows_k, width_k, dim) with ``masks[k]``; output rows in
@@ -205,17 +220,12 @@ class _SpladeMaxPool(torch.autograd.Function):
         z = torch.cat(maxima)
         ctx.save_for_backward(weight, z, torch.cat(where), *hiddens)
         ctx.twice, ctx.n, ctx.bias_dtype = twice, n, bias.dtype
-        out = z.clamp(min=0).log1p()
-        return out.log1p() if twice else out
+        return _pooled(z, twice)
 
     @staticmethod
     def backward(ctx, grad_out):
         weight, z, where, *hiddens = ctx.saved_tensors
-        zf = z.float().clamp(min=0)
-        slope = 1.0 / (1.0 + zf)
-        if ctx.twice:
-            slope = slope / (1.0 + zf.log1p())
-        g = grad_out.float() * slope * (z > 0)  # relu'(0) = 0, as autograd has it
+        g = _logit_gradient(grad_out, z, ctx.twice)
         dim = weight.shape[1]
         flat = torch.cat([h.reshape(-1, dim) for h in hiddens]).float()
         # One nonzero per (row, term) with a positive maximum, at the token of that maximum: the gradient of the
@@ -232,12 +242,77 @@ class _SpladeMaxPool(torch.autograd.Function):
                 *grad_hiddens, *([None] * ctx.n))
 
 
+class _PackedSpladeMaxPool(torch.autograd.Function):
+    """What ``_SpladeMaxPool`` computes, over the real tokens only. The attended positions of every micro-forward
+    are packed into one (tokens, dim) matrix; the decoder runs over it in chunks of whole rows (about
+    ``chunk_tokens`` tokens: large products, no padding positions, no mask pass) and each row's maximum is taken
+    over its own tokens. The stock maximum also sees the masked positions' 0, which changes nothing: a row's
+    activation is log1p(relu(max)), 0 with a zero gradient whenever the maximum over its real tokens is <= 0.
+    The backward's sparse matrix (one nonzero per (row, term) with a positive maximum) is built directly in
+    compressed rows, term-major: each term's nonzeros are its rows in order, whose tokens are in ascending order,
+    so no sort is needed (the COO path's ``coalesce``)."""
+
+    @staticmethod
+    def forward(ctx, weight, bias, twice: bool, chunk_tokens: int, n: int, *tensors):
+        hiddens, masks = tensors[:n], tensors[n:]
+        kept = [mask.bool() for mask in masks]
+        flat = torch.cat([hidden[keep] for hidden, keep in zip(hiddens, kept, strict=True)])  # rows, then tokens
+        lengths = torch.cat([keep.sum(1) for keep in kept]).tolist()
+        starts = [0]
+        for length in lengths:
+            starts.append(starts[-1] + length)
+        vocabulary = weight.shape[0]
+        maxima, where = [], []
+        first = 0
+        while first < len(lengths):
+            last = first + 1  # rows first..last-1: at least one, whole rows up to chunk_tokens tokens
+            while last < len(lengths) and starts[last + 1] - starts[first] <= chunk_tokens:
+                last += 1
+            logits = torch.addmm(bias, flat[starts[first] : starts[last]], weight.t())
+            for row in range(first, last):
+                begin = starts[row] - starts[first]
+                if lengths[row]:
+                    values, position = logits[begin : begin + lengths[row]].max(dim=0)
+                else:  # no attended position: the stock maximum is the masked 0
+                    values, position = logits.new_zeros(vocabulary), logits.new_zeros(vocabulary, dtype=torch.long)
+                maxima.append(values)
+                where.append(position + starts[row])
+            first = last
+        z = torch.stack(maxima)
+        ctx.save_for_backward(weight, z, torch.stack(where), flat, *kept)
+        ctx.twice, ctx.n, ctx.bias_dtype = twice, n, bias.dtype
+        return _pooled(z, twice)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        weight, z, where, flat, *kept = ctx.saved_tensors
+        g = _logit_gradient(grad_out, z, ctx.twice)
+        active = (g != 0).t()  # term x row
+        rows_of_term = torch.zeros(weight.shape[0] + 1, dtype=torch.long, device=g.device)
+        rows_of_term[1:] = active.sum(1).cumsum(0)
+        by_term = torch.sparse_csr_tensor(rows_of_term, where.t()[active], g.t()[active],
+                                          (weight.shape[0], flat.shape[0]), check_invariants=False)
+        grad_weight = by_term @ flat.float()
+        grad_flat = (by_term.t().to_sparse_csr() @ weight.float()).to(flat.dtype)
+        grad_hiddens, start = [], 0
+        for keep in kept:
+            grad = grad_flat.new_zeros((*keep.shape, flat.shape[1]))
+            count = int(keep.sum())
+            grad[keep] = grad_flat[start : start + count]
+            grad_hiddens.append(grad)
+            start += count
+        return (grad_weight.to(weight.dtype), g.sum(0).to(ctx.bias_dtype), None, None, None,
+                *grad_hiddens, *([None] * ctx.n))
+
+
 def splade_max_pool(hiddens: list[torch.Tensor], masks: list[torch.Tensor], decoder: torch.nn.Linear, twice: bool,
-                    chunk_tokens: int = 2048) -> torch.Tensor:
+                    chunk_tokens: int = 2048, packed: bool = False) -> torch.Tensor:
     """SPLADE max pooling of a linear MLM decoder's activations without the tokens x vocabulary tensor, over the
-    micro-forwards ``hiddens`` (with their ``masks``) of one batch; rows in the order of the micro-forwards."""
+    micro-forwards ``hiddens`` (with their ``masks``) of one batch; rows in the order of the micro-forwards.
+    ``packed``: the decoder over the real tokens only (``_PackedSpladeMaxPool``)."""
     bias = decoder.bias if decoder.bias is not None else hiddens[0].new_zeros(decoder.out_features)
-    return _SpladeMaxPool.apply(decoder.weight, bias, twice, chunk_tokens, len(hiddens), *hiddens, *masks)
+    function = _PackedSpladeMaxPool if packed else _SpladeMaxPool
+    return function.apply(decoder.weight, bias, twice, chunk_tokens, len(hiddens), *hiddens, *masks)
 
 
 class PackedSparseEncoder(_SavesAsStock, SparseEncoder):
@@ -288,7 +363,7 @@ class PackedSparseEncoder(_SavesAsStock, SparseEncoder):
             masks.append(sub_mask)
             order.extend(rows)
         pooled = splade_max_pool(hiddens, masks, lm.decoder, pooling.activation_function == "log1p_relu",
-                                 speed.splade_chunk_tokens)
+                                 speed.splade_chunk_tokens, packed=speed.packed_splade_pooling)
         inverse = torch.empty(len(order), dtype=torch.long)
         inverse[torch.tensor(order)] = torch.arange(len(order))
         input["sentence_embedding"] = pooled.index_select(0, inverse.to(pooled.device))
