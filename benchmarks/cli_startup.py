@@ -93,6 +93,7 @@ def main() -> None:
     parser.add_argument("--src", type=Path, help="measure this src folder's code instead of the installed one")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--cheap-only", action="store_true", help="only the commands that load no model")
+    parser.add_argument("--only", nargs="+", default=[], help="only the commands whose name contains one of these")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     splade, colbert = args.workdir / "splade", args.workdir / "colbert"
@@ -138,6 +139,8 @@ def main() -> None:
          for s in sorted((REPO / "stages").glob("*.py"))}
     if args.cheap_only:
         commands = {n: c for n, c in commands.items() if "--help" in n or "error" in n or "download" in n}
+    if args.only:
+        commands = {n: c for n, c in commands.items() if any(part in n for part in args.only)}
     rows = []
     for name, command in commands.items():
         runs = [timed(command, env, port if "serve" in name else None) for _ in range(args.runs)]
