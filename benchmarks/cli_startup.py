@@ -5,8 +5,11 @@ libraries each imports.
 
 ``--src`` measures another checkout's code with this environment (PYTHONPATH=OTHER/src comes before the
 editable install), e.g. main's as the "before" column. The models are the tiny ones benchmarks/synthetic.py
-builds (SPLADE) and an untrained PyLate ColBERT on the fixture's tiny ModernBERT; the index is a 300-passage
-fixture corpus. Peak RSS is the process's own (os.wait4's ru_maxrss); `serve` is timed until /health answers.
+builds (SPLADE) and an untrained PyLate ColBERT on the fixture's tiny ModernBERT; the indexes are a 300-passage
+fixture corpus, one per kind, exact (no approximate index is built or loaded). Peak RSS is the process's own
+(os.wait4's ru_maxrss); `serve` is timed until /health answers. Each row also has the import profile of one more
+run (PYTHONPROFILEIMPORTTIME): the seconds spent importing, in all and per top-level package (self times summed),
+which the machine's load distorts less than the wall time.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,14 +63,22 @@ def timed(command: list[str], env: dict, until_health: int | None = None) -> tup
     return time.perf_counter() - start, usage.ru_maxrss // 1024
 
 
-def imported(command: list[str], env: dict) -> list[str]:
-    """The heavy libraries a run imports (PYTHONPROFILEIMPORTTIME's report of top-level imports)."""
-    if command[0].endswith("serve"):
-        return []
+def import_profile(command: list[str], env: dict) -> dict:
+    """The heavy libraries a run imports and its import seconds, in all and for the packages that took longest
+    (PYTHONPROFILEIMPORTTIME's self times summed per top-level package)."""
+    if "serve" in command:
+        return {}
     result = subprocess.run(command, env=env | {"PYTHONPROFILEIMPORTTIME": "1"}, capture_output=True, text=True,
                             timeout=600)
-    names = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
-    return [name for name in HEAVY if name in names]
+    per_package: Counter[str] = Counter()
+    for line in result.stderr.splitlines():
+        if line.startswith("import time:") and "self [us]" not in line:
+            own, _, name = line.removeprefix("import time:").split("|")
+            per_package[name.strip().split(".")[0]] += int(own)
+    return {"imports": [name for name in HEAVY if name in per_package],
+            "import_seconds": round(sum(per_package.values()) / 1e6, 2),
+            "import_seconds_by_package": {name: round(us / 1e6, 2) for name, us in per_package.most_common(8)}
+            | {"retrievers": round(per_package["retrievers"] / 1e6, 2)}}
 
 
 def free_port() -> int:
@@ -81,6 +93,7 @@ def main() -> None:
     parser.add_argument("--src", type=Path, help="measure this src folder's code instead of the installed one")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--cheap-only", action="store_true", help="only the commands that load no model")
+    parser.add_argument("--only", nargs="+", default=[], help="only the commands whose name contains one of these")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     splade, colbert = args.workdir / "splade", args.workdir / "colbert"
@@ -97,11 +110,13 @@ def main() -> None:
     if args.src:
         env["PYTHONPATH"] = str(args.src.resolve())
     index = args.workdir / f"index-{'other' if args.src else 'here'}"
+    colbert_index = args.workdir / f"colbert-index-{'other' if args.src else 'here'}"
     py = str(Path(sys.executable))
     cli = [py, "-c", "import sys; from retrievers.cli import app; sys.argv[0] = 'retrievers'; app()"]
     if not args.cheap_only:
-        subprocess.run([*cli, "index", str(splade), str(CORPUS), str(index), "--overwrite", "--exact"], env=env,
-                       check=True, capture_output=True)
+        for model, folder in ((splade, index), (colbert, colbert_index)):
+            subprocess.run([*cli, "index", str(model), str(CORPUS), str(folder), "--overwrite", "--exact"], env=env,
+                           check=True, capture_output=True)
     port = free_port()
     commands = {
         "retrievers --help": [*cli, "--help"],
@@ -114,17 +129,23 @@ def main() -> None:
         "retrievers encode COLBERT 3 texts": [*cli, "encode", str(colbert), str(texts)],
         "retrievers index SPLADE 300 passages --exact": [*cli, "index", str(splade), str(CORPUS),
                                                          str(args.workdir / "index-again"), "--overwrite", "--exact"],
+        "retrievers index COLBERT 300 passages --exact": [*cli, "index", str(colbert), str(CORPUS),
+                                                          str(args.workdir / "colbert-index-again"), "--overwrite",
+                                                          "--exact"],
         "retrievers search INDEX q": [*cli, "search", str(index), "capital of the river"],
+        "retrievers search COLBERT-INDEX q": [*cli, "search", str(colbert_index), "capital of the river"],
         "retrievers serve INDEX (until /health)": [*cli, "serve", str(index), "--port", str(port)],
     } | {f"python stages/{s.stem}.py --help": [py, str(REPO / "stages" / s.name), "--help"]
          for s in sorted((REPO / "stages").glob("*.py"))}
     if args.cheap_only:
         commands = {n: c for n, c in commands.items() if "--help" in n or "error" in n or "download" in n}
+    if args.only:
+        commands = {n: c for n, c in commands.items() if any(part in n for part in args.only)}
     rows = []
     for name, command in commands.items():
         runs = [timed(command, env, port if "serve" in name else None) for _ in range(args.runs)]
         row = {"command": name, "seconds": round(statistics.median(r[0] for r in runs), 2),
-               "peak_rss_mib": int(statistics.median(r[1] for r in runs)), "imports": imported(command, env)}
+               "peak_rss_mib": int(statistics.median(r[1] for r in runs))} | import_profile(command, env)
         print(json.dumps(row), flush=True)
         rows.append(row)
     load = os.getloadavg()

@@ -88,22 +88,42 @@ CHEAP = [  # commands that load no model: none may import a deep-learning librar
     ["encode", "fixtures/models/tiny-neobert", "/nonexistent.jsonl"],
 ]
 HEAVY = ("torch", "transformers", "sentence_transformers", "pylate", "mlflow", "fastapi", "uvicorn", "seismic",
-         "fast_plaid")
+         "fast_plaid",
+         "retrievers.config")  # the pipeline's config models: pydantic models and yaml, for the Hub only
+# what inference with a SPLADE model needs none of: PyLate, the other kind's index, MLflow, training code
+NOT_FOR_SPLADE_INFERENCE = ("pylate", "fast_plaid", "seismic", "mlflow", "fastapi", "retrievers.config",
+                            "retrievers.packed", "retrievers.train", "retrievers.release", "retrievers.tracking")
 
 
-@pytest.mark.parametrize("args", CHEAP, ids=lambda a: " ".join(a)[:40])
-def test_commands_that_load_no_model_import_no_heavy_library(args):
-    """What `retrievers` imports before a command that needs no model answers (a fresh interpreter each)."""
+def _imported(args: list[str], watched: tuple[str, ...]) -> list[str]:
+    """Which of ``watched`` a fresh interpreter has imported after running ``retrievers ARGS``."""
     import subprocess
     import sys
 
     from .conftest import REPO
 
-    probe = ("import atexit, sys\n"
-             f"atexit.register(lambda: print('HEAVY', [m for m in {HEAVY!r} if m in sys.modules]))\n"
+    probe = ("import atexit, json, sys\n"
+             f"atexit.register(lambda: print('IMPORTED', json.dumps([m for m in {watched!r} if m in sys.modules])))\n"
              "sys.argv = ['retrievers', *sys.argv[1:]]\n"
              "from retrievers.cli import app\n"
              "app()\n")
     result = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, cwd=REPO,
-                            timeout=120)
-    assert result.stdout.strip().splitlines()[-1] == "HEAVY []", result.stdout[-500:] + result.stderr[-500:]
+                            timeout=300)
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("IMPORTED "), result.stdout[-500:] + result.stderr[-500:]
+    return json.loads(last.removeprefix("IMPORTED "))
+
+
+@pytest.mark.parametrize("args", CHEAP, ids=lambda a: " ".join(a)[:40])
+def test_commands_that_load_no_model_import_no_heavy_library(args):
+    """What `retrievers` imports before a command that needs no model answers (a fresh interpreter each)."""
+    assert _imported(args, HEAVY) == []
+
+
+def test_splade_inference_imports_neither_pylate_nor_training_code(tiny_splade, tmp_path):
+    """`retrievers encode` with a SPLADE model loads sentence-transformers' sparse encoder and nothing of the
+    ColBERT kind, the indexes, MLflow or the pipeline (a fresh interpreter)."""
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text(json.dumps({"id": "1", "text": "what is the capital"}) + "\n")
+    watched = NOT_FOR_SPLADE_INFERENCE + ("sentence_transformers.sparse_encoder",)
+    assert _imported(["encode", str(tiny_splade), str(texts)], watched) == ["sentence_transformers.sparse_encoder"]

@@ -12,10 +12,13 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from retrievers.config import HubRepo
 from retrievers.errors import CLIError, DownloadError
 from retrievers.io import file_sha256, hash_file
+
+if TYPE_CHECKING:  # the config models (pydantic) load only where a Hub repository is named
+    from retrievers.config import HubRepo
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 HUB_TIMEOUT_S = 10.0  # per request: an unreachable Hub fails within seconds, not after the library's retries
@@ -160,6 +163,8 @@ def fetch(spec: str, out: Path | None = None) -> Path:
         repo_id, _, revision = spec.partition("@")
         if not HUB_ID.match(repo_id):
             raise CLIError(f"unknown model {spec!r}: give a local folder, models:/<name>@<alias> or <org>/<name>[@rev]")
+        from retrievers.config import HubRepo
+
         folder, _ = hub_snapshot(HubRepo(repo_id=repo_id, revision=revision or "main", repo_type="model"), at=spec)
     if out is not None:
         shutil.copytree(folder, out, dirs_exist_ok=True)

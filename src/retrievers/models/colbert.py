@@ -6,12 +6,14 @@ The one place that knows how this kind is built, loaded, encoded, evaluated, ind
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from retrievers.config import ColBERTConfig, SpeedConfig
 from retrievers.errors import MissingInputError
+
+if TYPE_CHECKING:  # the config models (pydantic) are loaded by the pipeline, not by inference
+    from retrievers.config import ColBERTConfig, SpeedConfig
 
 KIND = "colbert"
 ARCHITECTURE_NAME = "ColBERT"  # the repr of the libraries' model object, as the published cards print it

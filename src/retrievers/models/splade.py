@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from retrievers.config import SpeedConfig, SpladeConfig
+if TYPE_CHECKING:  # the config models (pydantic) are loaded by the pipeline, not by inference
+    from retrievers.config import SpeedConfig, SpladeConfig
 
 KIND = "splade"
 ARCHITECTURE_NAME = "SparseEncoder"  # the repr of the libraries' model object, as the published cards print it
