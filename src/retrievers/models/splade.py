@@ -60,10 +60,11 @@ def build(phase, init: Path):
 
 
 def load(path: Path | str):
-    """A trained or released model folder, with the stock loader."""
-    from sentence_transformers import SparseEncoder
+    """A trained or released model folder: sentence-transformers' ``SparseEncoder`` with the inference forward of
+    ``retrievers.sparse_inference`` (the same vectors without the tokens x vocabulary logits)."""
+    from retrievers.sparse_inference import InferenceSparseEncoder
 
-    return SparseEncoder(str(path))
+    return InferenceSparseEncoder(str(path))
 
 
 def settle_for_save(model) -> None:
