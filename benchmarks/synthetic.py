@@ -91,7 +91,7 @@ def zipf_words(distinct: int = 60_000, seed: int = 0) -> tuple[list[str], np.nda
 
 
 def sparse_splade(folder: Path, vocab_size: int = REALISTIC_VOCABULARY, active_cosine: float = 0.45,
-                  max_seq_length: int = 256, seed: int = 0) -> Path:
+                  max_seq_length: int = 256, seed: int = 0, hidden_size: int = 64, layers: int = 2) -> Path:
     """A SPLADE model whose vectors are sparse as a trained SPLADE's are, over a vocabulary of bert's size.
 
     Not trained: a randomly initialised tiny NeoBERT (2 layers x 64) whose WordPiece vocabulary is the special
@@ -119,13 +119,14 @@ def sparse_splade(folder: Path, vocab_size: int = REALISTIC_VOCABULARY, active_c
     vocabulary += [w for w in words if w not in set(vocabulary)][: vocab_size - len(vocabulary)]
     save_wordpiece_tokenizer(vocabulary, base)
     torch.manual_seed(seed)
-    config = NeoBERTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+    config = NeoBERTConfig(hidden_size=hidden_size, num_hidden_layers=layers,
+                           num_attention_heads=max(1, hidden_size // 16), intermediate_size=2 * hidden_size,
                            vocab_size=len(vocabulary), max_length=512, pad_token_id=0)
     model = NeoBERTLMHead(config)
     with torch.no_grad():
         embedding = model.model.encoder.weight
         unit = embedding / embedding.norm(dim=1, keepdim=True)
-        scale = 4.0  # the final RMSNorm makes |h| = sqrt(hidden): logit = scale * sqrt(64) * cos(h, e_term) + bias
+        scale = 4.0  # the final RMSNorm makes |h| = sqrt(hidden): logit = scale * sqrt(hidden) * cos(h, e_term) + bias
         model.decoder.weight.copy_(scale * unit)
         model.decoder.bias.fill_(-scale * config.hidden_size**0.5 * active_cosine)
     model.save_pretrained(base)

@@ -8,21 +8,23 @@ passes over them four more times (mask, relu, log1p, max). Because log1p and rel
     max_l log1p(relu(mask_l * (h_l W^T + b)))  =  log1p(relu(max_l mask_l * (h_l W^T + b)))
 
 so only the per-(row, term) maximum of the logits is needed. ``splade_max_logits`` computes it a few rows and a
-block of the vocabulary at a time (about 1 MiB of logits, which stays in cache: on this CPU the blocked products
-run about 3x faster than the one [batch*length x vocabulary] product the stock decoder makes, before any of the
-pooling passes), each block with the same ``F.linear`` as the stock decoder; the activation is then applied to the
-[batch x vocabulary] maxima only. Every logit is the same dot product over the hidden size as on the stock path, but BLAS may block a
-differently shaped product differently, so results agree to float32 rounding (the equality test says how close),
-not necessarily bit for bit.
+block of the vocabulary at a time (1 MiB of logits, which stays in cache: on this CPU the blocked products run
+about 3x faster than the one [batch*length x vocabulary] product of the stock decoder, before any pooling pass),
+each block with the same ``F.linear`` as the stock decoder; the activation is then applied to the [batch x
+vocabulary] maxima only. Every logit is the same dot product over the hidden size as on the stock path, but BLAS
+may block a differently shaped product differently, so results agree to float32 rounding (the equality test says
+how close), not necessarily bit for bit.
 
 ``InferenceSparseEncoder`` is sentence-transformers' ``SparseEncoder`` with that forward when no gradient is
-wanted (``encode`` runs under ``torch.inference_mode``) and the model is MLMTransformer(NeoBERT) +
-SpladePooling("max"); anything else (training, sum pooling, other architectures) runs the stock forward. It saves
-and loads exactly as ``SparseEncoder``. Training has its own fused pooling with a backward pass
-(``retrievers.packed.splade_max_pool``).
+wanted (``encode`` runs under ``torch.inference_mode``), the model is MLMTransformer(NeoBERT) +
+SpladePooling("max") and its vocabulary is larger than one block (so not the fixture's 381 tokens). Anything else
+(training, sum pooling, other architectures) runs the stock forward. It saves and loads exactly as
+``SparseEncoder``. Training has its own fused pooling with a backward pass (``retrievers.packed.splade_max_pool``).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -76,7 +78,7 @@ class InferenceSparseEncoder(_SavesAsStock, SparseEncoder):
     """``SparseEncoder`` whose inference forward skips the [batch x length x vocabulary] logits (module docstring)."""
 
     stock_name = "SparseEncoder"
-    chunk_tokens = INFERENCE_CHUNK_TOKENS
+    chunk_tokens, vocabulary_block = INFERENCE_CHUNK_TOKENS, VOCABULARY_BLOCK
 
     def _fusable(self) -> bool:
         from sentence_transformers.sparse_encoder.models import MLMTransformer, SpladePooling
@@ -87,13 +89,22 @@ class InferenceSparseEncoder(_SavesAsStock, SparseEncoder):
         return (len(modules) == 2 and isinstance(modules[0], MLMTransformer) and isinstance(modules[1], SpladePooling)
                 and modules[1].pooling_strategy == "max" and isinstance(modules[0].auto_model, NeoBERTLMHead))
 
+    def _pays(self) -> bool:
+        """Whether the vocabulary is larger than a block: with a small one (the fixture's 381 tokens) the stock
+        logits are a few MiB and the stock forward was faster (benchmarks/splade_inference.py: 0.7-0.8x)."""
+        lm: Any = self[0].auto_model
+        return int(lm.config.vocab_size) > self.vocabulary_block
+
     def forward(self, input: dict, **kwargs) -> dict:  # noqa: A002 - the parent's parameter name
-        if torch.is_grad_enabled() or "input_ids" not in input or not self._fusable():
+        if torch.is_grad_enabled() or "input_ids" not in input or not (self._fusable() and self._pays()):
             return super().forward(input, **kwargs)
+        from retrievers.models.neobert import NeoBERTLMHead
+
         mlm, pooling = self[0], self[1]
         lm = mlm.auto_model
+        assert isinstance(lm, NeoBERTLMHead)  # _fusable checked it
         mask = input["attention_mask"]
         hidden = lm.model(input["input_ids"], attention_mask=mask).last_hidden_state
-        maxima = splade_max_logits(hidden, mask, lm.decoder, self.chunk_tokens)
+        maxima = splade_max_logits(hidden, mask, lm.decoder, self.chunk_tokens, self.vocabulary_block)
         input["sentence_embedding"] = splade_activation(maxima, pooling.activation_function == "log1p_relu")
         return input
