@@ -4,7 +4,8 @@ query times: on the fixture's three evaluation sets and on a synthetic corpus.
     python benchmarks/index_recall.py MODEL [MODEL ...] --workdir build/bench-recall [--passages 100000] [--ladder]
 
 MODEL is a model folder (e.g. build/smoke/models/neobert-splade). The synthetic corpus recombines the fixture's
-document words at MS MARCO-like lengths (benchmarks/synthetic.py, seeded); its queries are three to five words of
+document words at MS MARCO-like lengths (benchmarks/synthetic.py, seeded), or with ``--zipf`` made-up words of
+English-like frequencies (for ``synthetic.sparse_splade``'s 30,522-token model); its queries are three to five words of
 a random passage, so each has an obvious answer. Each index is built by the command line (`retrievers index`,
 which chooses its parameters on pseudo-queries, checks them on held-out ones and prints them); the benchmark then
 runs the real queries both ways. ``--ladder`` also builds every candidate setting (and the first ladder's
@@ -30,9 +31,12 @@ import synthetic as synthetic_data  # noqa: E402
 SETS = synthetic_data.SETS
 
 
-def synthetic(workdir: Path, passages: int, queries: int, seed: int = 0) -> tuple[Path, list[dict]]:
-    corpus = synthetic_data.write_corpus(workdir / f"synthetic-{passages}.jsonl", passages,
-                                         synthetic_data.fixture_words(), seed=seed)
+def synthetic(workdir: Path, passages: int, queries: int, seed: int = 0, zipf: bool = False) -> tuple[Path, list[dict]]:
+    if zipf:  # for a realistic-vocabulary model (synthetic.sparse_splade): Zipf-distributed made-up words
+        corpus = synthetic_data.write_zipf_corpus(workdir / f"zipf-{passages}.jsonl", passages, seed=seed)
+    else:
+        corpus = synthetic_data.write_corpus(workdir / f"synthetic-{passages}.jsonl", passages,
+                                             synthetic_data.fixture_words(), seed=seed)
     picks = np.random.default_rng(seed + 1).choice(passages, size=queries, replace=False)
     wanted = set(int(p) for p in picks)
     texts = {}
@@ -127,6 +131,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--passages", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--zipf", action="store_true",
+                        help="the synthetic corpus of Zipf-distributed words (synthetic.write_zipf_corpus) instead of "
+                             "fixture words: for a realistic-vocabulary model such as synthetic.sparse_splade's")
     parser.add_argument("--skip-fixture", action="store_true")
     parser.add_argument("--sets", nargs="+", default=list(SETS), help="the fixture sets to measure")
     parser.add_argument("--ladder", action="store_true",
@@ -135,7 +142,7 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     cases = [] if args.skip_fixture else [fixture_set(name) for name in args.sets]
     if args.passages:
-        cases.append(synthetic(args.workdir, args.passages, args.queries))
+        cases.append(synthetic(args.workdir, args.passages, args.queries, zipf=args.zipf))
     rows = []
     for model in args.models:
         for corpus, queries in cases:

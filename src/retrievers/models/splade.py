@@ -61,10 +61,11 @@ def build(phase, init: Path):
 
 
 def load(path: Path | str):
-    """A trained or released model folder, with the stock loader."""
-    from sentence_transformers import SparseEncoder
+    """A trained or released model folder: sentence-transformers' ``SparseEncoder`` with the inference forward of
+    ``retrievers.sparse_inference`` (the same vectors without the tokens x vocabulary logits)."""
+    from retrievers.sparse_inference import InferenceSparseEncoder
 
-    return SparseEncoder(str(path))
+    return InferenceSparseEncoder(str(path))
 
 
 def settle_for_save(model) -> None:
@@ -183,7 +184,9 @@ def exact_scores(queries, vectors) -> np.ndarray:
     return (queries @ vectors.T).toarray().astype(np.float32)
 
 
-RERANK_DEPTH = 0  # Seismic scores with the stored weights: nothing to rescore
+RERANK_DEPTH = 100  # Seismic's top 100 rescored exactly from the shards (float32 dot products): Seismic's own scores
+# misorder near rank 10. Measured at 20,000 realistic-vocabulary passages (benchmarks/index_recall.py --zipf), whole
+# posting lists and exact summaries: top-10 recall vs exact 0.970 from Seismic's scores, 1.000 after rescoring.
 
 
 def build_index(index_dir: Path, shards, build: dict, search: dict) -> None:
