@@ -1,5 +1,5 @@
 """SPLADE encoding, stock ``SparseEncoder.encode_document`` against this package's ``InferenceSparseEncoder``
-(``retrievers.sparse_inference``), side by side: passages/s, peak RSS, and the largest difference of the vectors.
+(``retrievers.models.sparse_inference``), side by side: passages/s, peak RSS, and the largest difference of the vectors.
 
     python benchmarks/splade_inference.py --workdir build/bench-inference [--passages 640] [--threads 1]
         [--models tiny sparse] [--repeats 2]
@@ -47,7 +47,7 @@ def child(folder: str, path: str, corpus: str, passages: int, threads: int, out:
     if path == "stock":
         from sentence_transformers import SparseEncoder as cls
     else:
-        from retrievers.sparse_inference import InferenceSparseEncoder as cls
+        from retrievers.models.sparse_inference import InferenceSparseEncoder as cls
     texts = [json.loads(line)["text"] for line, _ in zip(open(corpus), range(passages), strict=False)]
     model = cls(folder, device="cpu")
     loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -103,7 +103,7 @@ def sparse_splade(folder: Path, vocab_size: int = REALISTIC_VOCABULARY, active_c
     wider random cosines spread:
     the 100,000-passage index benchmark uses 1 x 16 with ``active_cosine`` 0.8 (measured on 256 Zipf passages:
     125 terms per passage, 12 per 4-word query; 0.7 gave 1,193 per passage; 199 passages per CPU-second on one
-    thread with ``retrievers.sparse_inference``)."""
+    thread with ``retrievers.models.sparse_inference``)."""
     if (folder / "modules.json").exists():
         return folder
     import sys

@@ -1,4 +1,4 @@
-"""SPLADE inference without the tokens x vocabulary logits (retrievers.sparse_inference) gives stock
+"""SPLADE inference without the tokens x vocabulary logits (retrievers.models.sparse_inference) gives stock
 ``SparseEncoder``'s vectors.
 
 Tolerance: rtol 1e-5 / atol 1e-6 (float32). Each logit is the same dot product over the hidden size as on the stock
@@ -25,7 +25,7 @@ def test_blocked_maximum_equals_stock_pooling_for_any_mask():
     all padding, both activations: the same as MLM logits through the stock SpladePooling."""
     from sentence_transformers.sparse_encoder.models import SpladePooling
 
-    from retrievers.sparse_inference import splade_activation, splade_max_logits
+    from retrievers.models.sparse_inference import splade_activation, splade_max_logits
 
     torch.manual_seed(0)
     decoder = torch.nn.Linear(16, 1000)
@@ -48,7 +48,7 @@ def test_encode_equals_stock_encode(tiny_splade, block):
     from sentence_transformers import SparseEncoder
 
     from retrievers.models import splade
-    from retrievers.sparse_inference import InferenceSparseEncoder
+    from retrievers.models.sparse_inference import InferenceSparseEncoder
 
     stock = SparseEncoder(str(tiny_splade), device="cpu")
     ours = splade.load(tiny_splade)
@@ -70,7 +70,7 @@ def test_saves_and_trains_as_the_stock_class(tiny_splade, tmp_path):
 
     from sentence_transformers import SparseEncoder
 
-    from retrievers.sparse_inference import InferenceSparseEncoder
+    from retrievers.models.sparse_inference import InferenceSparseEncoder
 
     ours = InferenceSparseEncoder(str(tiny_splade), device="cpu")
     ours.vocabulary_block = 64

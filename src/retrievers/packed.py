@@ -28,6 +28,7 @@ from pylate.utils import ColBERTCollator
 from sentence_transformers import SparseEncoder
 
 from retrievers.config import SpeedConfig
+from retrievers.models import SavesAsStock
 
 logger = logging.getLogger(__name__)
 TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
@@ -86,22 +87,7 @@ def padding_positions(features: dict, speed: SpeedConfig | None, bucketed: bool)
     return real, sum(len(rows) * width for rows, width in plan)
 
 
-class _SavesAsStock:
-    """Saved folders name the stock class (``model_type`` in config_sentence_transformers.json), so the stock
-    loaders load them as themselves; folders the stock class saved load into the subclass the same way."""
-
-    stock_name: str
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._model_config["model_type"] = self.stock_name
-
-    def _get_model_type(self, *args, **kwargs) -> str:
-        found = super()._get_model_type(*args, **kwargs)  # type: ignore[misc]  # a SentenceTransformer method
-        return type(self).__name__ if found == self.stock_name else found
-
-
-class PackedColBERT(_SavesAsStock, pylate_models.ColBERT):
+class PackedColBERT(SavesAsStock, pylate_models.ColBERT):
     """PyLate's ColBERT whose document batches are encoded in length-sorted micro-forwards.
 
     ``tokenize`` marks document batches (a ``document_lengths`` entry) so ``forward`` buckets them; queries,
@@ -315,7 +301,7 @@ def splade_max_pool(hiddens: list[torch.Tensor], masks: list[torch.Tensor], deco
     return function.apply(decoder.weight, bias, twice, chunk_tokens, len(hiddens), *hiddens, *masks)
 
 
-class PackedSparseEncoder(_SavesAsStock, SparseEncoder):
+class PackedSparseEncoder(SavesAsStock, SparseEncoder):
     """sentence-transformers' SparseEncoder (MLMTransformer + SpladePooling) with the SPLADE fast paths."""
 
     speed: SpeedConfig = SpeedConfig.stock()

@@ -4,6 +4,7 @@ evaluated, indexed and described on its card.
 - :mod:`retrievers.models.colbert`: PyLate ColBERT (ModernBERT-XTR), PLAID index.
 - :mod:`retrievers.models.splade`: sentence-transformers SparseEncoder (NeoBERT-SPLADE), Seismic index.
 - :mod:`retrievers.models.neobert`: the native NeoBERT architecture the SPLADE model runs on.
+- :mod:`retrievers.models.sparse_inference`: SPLADE encoding without the tokens x vocabulary logits.
 
 Code outside this package picks the module once, from a model's ``kind`` (params.yaml ``models.<m>.kind``,
 a bundle's release.json) or a phase's ``recipe``, and calls it; it never branches on the kind itself.
@@ -61,3 +62,19 @@ def folder_kind(folder: Path) -> str:
 
 def for_folder(folder: Path) -> ModuleType:
     return kind_module(folder_kind(folder))
+
+
+class SavesAsStock:
+    """Mixin of this package's subclasses of the libraries' model classes (``packed``, ``sparse_inference``): saved
+    folders name the stock class (``model_type`` in config_sentence_transformers.json), so the stock loaders load
+    them as themselves; folders the stock class saved load into the subclass the same way."""
+
+    stock_name: str
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._model_config["model_type"] = self.stock_name
+
+    def _get_model_type(self, *args, **kwargs) -> str:
+        found = super()._get_model_type(*args, **kwargs)  # type: ignore[misc]  # a SentenceTransformer method
+        return type(self).__name__ if found == self.stock_name else found

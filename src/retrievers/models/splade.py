@@ -62,8 +62,8 @@ def build(phase, init: Path):
 
 def load(path: Path | str):
     """A trained or released model folder: sentence-transformers' ``SparseEncoder`` with the inference forward of
-    ``retrievers.sparse_inference`` (the same vectors without the tokens x vocabulary logits)."""
-    from retrievers.sparse_inference import InferenceSparseEncoder
+    ``retrievers.models.sparse_inference`` (the same vectors without the tokens x vocabulary logits)."""
+    from retrievers.models.sparse_inference import InferenceSparseEncoder
 
     return InferenceSparseEncoder(str(path))
 

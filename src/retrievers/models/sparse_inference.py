@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from sentence_transformers import SparseEncoder
 
-from retrievers.packed import _SavesAsStock
+from retrievers.models import SavesAsStock
 
 INFERENCE_CHUNK_TOKENS = 256  # token positions x ...
 VOCABULARY_BLOCK = 1024  # ... vocabulary terms of logits at once: 256 x 1024 float32 = 1 MiB, cache-sized
@@ -74,7 +74,7 @@ def splade_activation(maxima: torch.Tensor, twice: bool) -> torch.Tensor:
     return out.log1p_() if twice else out
 
 
-class InferenceSparseEncoder(_SavesAsStock, SparseEncoder):
+class InferenceSparseEncoder(SavesAsStock, SparseEncoder):
     """``SparseEncoder`` whose inference forward skips the [batch x length x vocabulary] logits (module docstring)."""
 
     stock_name = "SparseEncoder"
