@@ -19,6 +19,7 @@ save, so a model trained with the fast paths loads with ``pylate.models.ColBERT`
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import torch
@@ -29,6 +30,7 @@ from sentence_transformers import SparseEncoder
 
 from retrievers.config import SpeedConfig
 from retrievers.models import SavesAsStock
+from retrievers.models.sparse_inference import splade_activation
 
 logger = logging.getLogger(__name__)
 TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
@@ -168,14 +170,8 @@ class PackedColBERTCollator(ColBERTCollator):
         return batch
 
 
-def _pooled(z: torch.Tensor, twice: bool) -> torch.Tensor:
-    """SPLADE's activation of the per-(row, term) maximum logit: log1p(relu(z)), twice for ``log1p_relu``."""
-    out = z.clamp(min=0).log1p()
-    return out.log1p() if twice else out
-
-
 def _logit_gradient(grad_out: torch.Tensor, z: torch.Tensor, twice: bool) -> torch.Tensor:
-    """d loss / d z (float32) through ``_pooled``; 0 where z <= 0 (relu'(0) = 0, as autograd has it)."""
+    """d loss / d z (float32) through ``splade_activation``; 0 where z <= 0 (relu'(0) = 0, as autograd has it)."""
     zf = z.float().clamp(min=0)
     slope = 1.0 / (1.0 + zf)
     if twice:
@@ -206,7 +202,7 @@ class _SpladeMaxPool(torch.autograd.Function):
         z = torch.cat(maxima)
         ctx.save_for_backward(weight, z, torch.cat(where), *hiddens)
         ctx.twice, ctx.n, ctx.bias_dtype = twice, n, bias.dtype
-        return _pooled(z, twice)
+        return splade_activation(z, twice)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -244,9 +240,7 @@ class _PackedSpladeMaxPool(torch.autograd.Function):
         kept = [mask.bool() for mask in masks]
         flat = torch.cat([hidden[keep] for hidden, keep in zip(hiddens, kept, strict=True)])  # rows, then tokens
         lengths = torch.cat([keep.sum(1) for keep in kept]).tolist()
-        starts = [0]
-        for length in lengths:
-            starts.append(starts[-1] + length)
+        starts = list(itertools.accumulate(lengths, initial=0))
         vocabulary = weight.shape[0]
         maxima, where = [], []
         first = 0
@@ -267,7 +261,7 @@ class _PackedSpladeMaxPool(torch.autograd.Function):
         z = torch.stack(maxima)
         ctx.save_for_backward(weight, z, torch.stack(where), flat, *kept)
         ctx.twice, ctx.n, ctx.bias_dtype = twice, n, bias.dtype
-        return _pooled(z, twice)
+        return splade_activation(z, twice)
 
     @staticmethod
     def backward(ctx, grad_out):

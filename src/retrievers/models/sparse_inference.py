@@ -68,10 +68,11 @@ def splade_max_logits(hidden: torch.Tensor, mask: torch.Tensor, decoder: torch.n
     return out
 
 
-def splade_activation(maxima: torch.Tensor, twice: bool) -> torch.Tensor:
-    """SpladePooling's activation on the pooled (clamped) maxima: log1p, applied twice for ``log1p_relu``."""
-    out = maxima.log1p_()
-    return out.log1p_() if twice else out
+def splade_activation(z: torch.Tensor, twice: bool) -> torch.Tensor:
+    """SpladePooling's activation of per-(row, term) maximum logits: log1p(relu(z)), log1p applied twice for
+    ``log1p_relu``. Shared with training's fused pooling (``retrievers.packed``); not in place (autograd keeps z)."""
+    out = z.clamp(min=0).log1p()
+    return out.log1p() if twice else out
 
 
 class InferenceSparseEncoder(SavesAsStock, SparseEncoder):

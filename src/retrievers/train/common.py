@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -447,6 +448,7 @@ def _indexed_cpu(storage, location: str):
     return storage if location.startswith("cpu:") else None
 
 
+@functools.cache  # register once per process
 def accept_indexed_cpu_locations() -> None:
     """Let ``torch.load(..., map_location=torch.device("cpu", i))`` load onto the CPU. A resumed multi-process run
     loads its optimizer state with ``map_location=args.device``, which is ``cpu:<i>`` for CPU (gloo) ranks, and torch
@@ -455,8 +457,7 @@ def accept_indexed_cpu_locations() -> None:
     tagger names nothing)."""
     import torch.serialization
 
-    if not any(fn is _indexed_cpu for _, _, fn in torch.serialization._package_registry):
-        torch.serialization.register_package(11, lambda obj: None, _indexed_cpu)
+    torch.serialization.register_package(11, lambda obj: None, _indexed_cpu)
 
 
 def launch_torchrun(ws: Workspace, phase_key: str, nproc_per_node: int) -> None:
