@@ -2,11 +2,13 @@
 
     python benchmarks/evaluation_speed.py [--repeats 2] [--output results.json]
 
-Per kind, the same model (random weights of benchmarks/train_throughput.py's --small size: 1 layer, hidden 256,
-the published 30522-word vocabulary, published query/document lengths) is evaluated
-- by evaluate@'s function (``retrievers.models.<kind>.evaluate``: the stock evaluator class fed from the local
-  parquet files through its data hook), and
-- by the stock evaluator as the libraries ship it, pointed at the same local folders: PyLate's
+Per kind, the same saved model folder (random weights of benchmarks/train_throughput.py's --small size: 1 layer,
+hidden 256, the published 30522-word vocabulary, published query/document lengths) is evaluated
+- as evaluate@ does: loaded by ``retrievers.models.<kind>.load`` (for SPLADE the ``InferenceSparseEncoder``, whose
+  inference forward never holds the tokens x vocabulary logits) and evaluated by ``retrievers.models.<kind>.evaluate``
+  (the stock evaluator class fed from the local parquet files through its data hook), and
+- as the libraries ship it: loaded by the stock class (PyLate ``ColBERT``, sentence-transformers ``SparseEncoder``)
+  and evaluated by the stock evaluator, pointed at the same local folders: PyLate's
   ``NanoBEIREvaluator`` with its module-level ``MAPPING_DATASET_NAME_TO_ID`` aimed at the fixture's per-set
   folders (it loads them with ``datasets.load_dataset``); sentence-transformers' ``SparseNanoBEIREvaluator`` with
   ``dataset_id`` = the fixture's NanoBEIR-en folder.
@@ -55,23 +57,27 @@ def colbert(tmp: Path, repeats: int) -> dict:
     sys.path.insert(0, str(REPO / "benchmarks"))
     from train_throughput import size_profile, write_base_model
 
+    from pylate.models import ColBERT
+
     write_base_model("xtr-distillation", size_profile("cpu", small=True), tmp / "xtr")
-    model = kind.build_colbert(tmp / "xtr", _published().phases["modernbert-xtr"].colbert)
+    kind.build_colbert(tmp / "xtr", _published().phases["modernbert-xtr"].colbert).save(str(tmp / "colbert"))
     root = tmp / "zeta"
     root.mkdir()
     for name in ("NanoMSMARCO", "NanoSciFact", "NanoNFCorpus"):
         (root / name).symlink_to(FIXTURES / f"tiny-{name}")
     evaluation = PyLateNanoBEIR(evaluator="pylate-nanobeir", data="unused", datasets=SETS, batch_size=BATCH)
-    ours, ours_wall, ours_cpu = _timed(lambda: kind.evaluate(model, evaluation, root), repeats)
+    ours, ours_wall, ours_cpu = _timed(lambda: kind.evaluate(kind.load(tmp / "colbert"), evaluation, root), repeats)
     folders = {"msmarco": "NanoMSMARCO", "scifact": "NanoSciFact", "nfcorpus": "NanoNFCorpus"}
     for name in SETS:
         pylate_nano.MAPPING_DATASET_NAME_TO_ID[name] = str(root / folders[name])
     stock, stock_wall, stock_cpu = _timed(
-        lambda: NanoBEIREvaluator(dataset_names=SETS, batch_size=BATCH, show_progress_bar=False)(model), repeats)
+        lambda: NanoBEIREvaluator(dataset_names=SETS, batch_size=BATCH, show_progress_bar=False)(
+            ColBERT(str(tmp / "colbert"))), repeats)
     return _row("colbert (PyLate NanoBEIREvaluator)", ours, stock, ours_wall, ours_cpu, stock_wall, stock_cpu)
 
 
 def splade(tmp: Path, repeats: int) -> dict:
+    from sentence_transformers import SparseEncoder
     from sentence_transformers.sparse_encoder.evaluation import SparseNanoBEIREvaluator
 
     from retrievers.config import SparseNanoBEIR
@@ -81,12 +87,13 @@ def splade(tmp: Path, repeats: int) -> dict:
     from train_throughput import size_profile, write_base_model
 
     write_base_model("splade", size_profile("cpu", small=True), tmp / "neo")
-    model = kind.build_splade(tmp / "neo", _published().phases["neobert-splade"].splade)
+    kind.build_splade(tmp / "neo", _published().phases["neobert-splade"].splade).save(str(tmp / "splade"))
     root = FIXTURES / "tiny-NanoBEIR-en"
     evaluation = SparseNanoBEIR(evaluator="sparse-nanobeir", data="unused", datasets=SETS, batch_size=BATCH)
-    ours, ours_wall, ours_cpu = _timed(lambda: kind.evaluate(model, evaluation, root), repeats)
+    ours, ours_wall, ours_cpu = _timed(lambda: kind.evaluate(kind.load(tmp / "splade"), evaluation, root), repeats)
     stock, stock_wall, stock_cpu = _timed(lambda: SparseNanoBEIREvaluator(
-        dataset_names=SETS, dataset_id=str(root), batch_size=BATCH, show_progress_bar=False)(model), repeats)
+        dataset_names=SETS, dataset_id=str(root), batch_size=BATCH, show_progress_bar=False)(
+        SparseEncoder(str(tmp / "splade"))), repeats)
     return _row("splade (ST SparseNanoBEIREvaluator)", ours, stock, ours_wall, ours_cpu, stock_wall, stock_cpu)
 
 
