@@ -95,8 +95,8 @@ class _Progress:
         elif seconds - self.last >= 5 or done + resumed == total:
             self.last = seconds
             note = f" ({resumed:,} from the interrupted run)" if resumed else ""
-            console.print(f"encoded {done + resumed:,}/{total:,} passages{note}: "
-                          f"{eta_text(done, total - resumed, seconds)}")
+            rate = "nothing left to encode" if resumed == total else eta_text(done, total - resumed, seconds)
+            console.print(f"encoded {done + resumed:,}/{total:,} passages{note}: {rate}")
 
     def __exit__(self, *exc):
         if self.bar is not None:
