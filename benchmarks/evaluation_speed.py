@@ -50,14 +50,13 @@ def _timed(fn, repeats: int) -> tuple[dict, float, float]:
 def colbert(tmp: Path, repeats: int) -> dict:
     import pylate.evaluation.nano_beir_evaluator as pylate_nano
     from pylate.evaluation import NanoBEIREvaluator
+    from pylate.models import ColBERT
 
     from retrievers.config import PyLateNanoBEIR
     from retrievers.models import colbert as kind
 
     sys.path.insert(0, str(REPO / "benchmarks"))
     from train_throughput import size_profile, write_base_model
-
-    from pylate.models import ColBERT
 
     write_base_model("xtr-distillation", size_profile("cpu", small=True), tmp / "xtr")
     kind.build_colbert(tmp / "xtr", _published().phases["modernbert-xtr"].colbert).save(str(tmp / "colbert"))
