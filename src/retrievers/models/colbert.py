@@ -274,8 +274,8 @@ def candidate_settings(documents: int) -> list[tuple[dict, dict]]:
     points of top-10 recall against exact MaxSim on the fixture), more probed centroids than PyLate's 8, and more
     rescored candidates as the corpus grows. Above SAMPLED_KMEANS_DOCUMENTS documents the first setting trains
     fast-plaid's centroids on KMEANS_SAMPLE documents for 2 iterations instead of its default sample
-    (1 + 16 sqrt(120 N) documents, 55,425 at N = 100,000) for 4: its k-means is most of a build on a CPU (about
-    2 hours at 100,000 passages on 2 cores), and the calibration measures what the smaller sample costs."""
+    (1 + 16 sqrt(120 N) documents, 55,425 at N = 100,000) for 4: on a CPU that default k-means was estimated at
+    about 2 hours at 100,000 passages on 2 cores, and the calibration measures what the smaller sample costs."""
     build = {"nbits": 8, "kmeans_niters": 4}
     full_scores = max(8192, documents // 10)
     settings = [(build, {"n_ivf_probe": probes, "n_full_scores": full_scores}) for probes in (32, 64)] + [
