@@ -31,6 +31,14 @@ def test_rehearsal_changes_only_batch_steps_and_what_the_cpu_cannot_do():
         args = on_gpu["phases"][key]["args"]
         keys = ("fp16", "bf16", "torch_compile", "use_cpu")
         assert [args.get(k) for k in keys] == [phase["args"].get(k) for k in keys]
+    # A CPU without fast bf16 products (AVX2): the mixed-precision phases run in float32 instead.
+    no_bf16 = rehearsal_params(raw, steps=2, batch_size=1, cuda=False, compile_on_cpu=False, cpu_bf16=False)
+    mixed = [key for key, phase in raw["phases"].items() if phase["args"].get("fp16") or phase["args"].get("bf16")]
+    assert mixed
+    for key in mixed:
+        args, with_bf16 = no_bf16["phases"][key]["args"], rehearsal["phases"][key]["args"]
+        assert (args["fp16"], args["bf16"], args["use_cpu"]) == (False, False, True), key
+        assert (with_bf16["fp16"], with_bf16["bf16"], with_bf16["use_cpu"]) == (False, True, True), key
 
 
 @pytest.mark.slow

@@ -6,7 +6,9 @@ checkpoint saving and MLflow run), with the published arguments except what a re
 * ``per_device_train_batch_size`` (``--batch-size``) and ``max_steps`` (``--steps``); ``logging_steps`` 1, and
   ``save_steps`` = the step count where the phase does not evaluate during training, so a checkpoint is written;
 * on a machine without CUDA: bf16 autocast on the CPU (``use_cpu``) where the phase asks for fp16 or bf16 (the
-  trainer has no fp16 autocast on CPU), and ``torch_compile`` off unless ``--compile``.
+  trainer has no fp16 autocast on CPU), and ``torch_compile`` off unless ``--compile``. Where the CPU has no fast
+  bf16 products (oneDNN needs AVX-512 for them; on an AVX2 CPU torch falls back to a scalar loop, about 0.7
+  GFLOP/s against 100 in float32), those phases run in float32 instead and the table says so.
 
 The base models are built with random weights from the published configs in ``tools/full-size/<source>.json``
 (ModernBERT-base, NeoBERT 28 x 768) with synthetic WordPiece tokenizers of the published vocabulary sizes; the
@@ -196,8 +198,16 @@ def write_sources(params: Params, data: Path, rows: dict[str, int], short_texts:
 
 
 # ------------------------------------------------------------------------------------------ rehearsal params
+def cpu_has_fast_bf16() -> bool:
+    """Whether oneDNN computes bf16 products on this CPU (AVX-512 or newer); without it torch's bf16 matmul is a
+    scalar fallback more than 100x slower than float32."""
+    import torch
+
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def rehearsal_params(raw: dict[str, Any], steps: int, batch_size: int, cuda: bool, compile_on_cpu: bool,
-                     overrides: dict[str, Any] | None = None) -> dict:
+                     overrides: dict[str, Any] | None = None, cpu_bf16: bool = True) -> dict:
     """params.yaml with each phase's arguments changed only where a rehearsal must (the module docstring), plus
     any explicit ``overrides`` (dotted key -> value, e.g. ``phases.modernbert-xtr.n_ways``)."""
     raw = json.loads(json.dumps(raw))
@@ -216,7 +226,7 @@ def rehearsal_params(raw: dict[str, Any], steps: int, batch_size: int, cuda: boo
             args["save_steps"] = steps
         if not cuda:
             if args.get("fp16") or args.get("bf16"):
-                args.update(fp16=False, bf16=True, use_cpu=True)
+                args.update(fp16=False, bf16=cpu_bf16, use_cpu=True)
             args["torch_compile"] = bool(args.get("torch_compile")) and compile_on_cpu
     return raw
 
@@ -307,7 +317,8 @@ def prepare(params_file: Path, workdir: Path, steps: int, batch_size: int, short
     if workdir.exists():
         shutil.rmtree(workdir)
     (workdir / "data").mkdir(parents=True)
-    rehearsal = rehearsal_params(raw, steps, batch_size, cuda, compile_on_cpu, overrides)
+    rehearsal = rehearsal_params(raw, steps, batch_size, cuda, compile_on_cpu, overrides,
+                                 cpu_bf16=cuda or cpu_has_fast_bf16())
     (workdir / "params.yaml").write_text(yaml.safe_dump(rehearsal, sort_keys=False))
     params = parse_params(rehearsal, str(workdir / "params.yaml"))
     write_sources(params, workdir / "data", _rows_needed(published, steps, batch_size), short_texts)
@@ -317,7 +328,8 @@ def prepare(params_file: Path, workdir: Path, steps: int, batch_size: int, short
 def _describe(result: dict[str, Any], published: Params) -> list[str]:
     args = published.phases[result["phase"]].args
     asked = "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32"
-    precision = result["precision"] + ("" if result["precision"] == asked else f" (published {asked}; no CUDA)")
+    why = "no CUDA" if result["precision"] != "fp32" else "no CUDA, no fast CPU bf16"
+    precision = result["precision"] + ("" if result["precision"] == asked else f" (published {asked}; {why})")
     compiled = "on" if result["torch_compile"] else "off"
     if args.torch_compile and not result["torch_compile"]:
         compiled += " (published on; no CUDA: --compile to try)"
