@@ -234,6 +234,7 @@ def _rss_gib() -> float:
 
 
 # ------------------------------------------------------------------------------------------------ one run
+WITHOUT = "ours-without-"  # path name of an ablation (--without SWITCH)
 NO_EVALUATION = dict(eval_strategy="no", load_best_model_at_end=False, metric_for_best_model=None)
 
 
@@ -288,7 +289,9 @@ def run_one(recipe: str, path: str, device: str, small: bool, steps: int, warmup
     values["use_cpu"] = device == "cpu"
     args = args_cls(output_dir=str(tmp / "out"), seed=params.seed, report_to="none", save_strategy="no",
                     disable_tqdm=True, **values)
-    if path == "ours":
+    if path.startswith(WITHOUT):  # an ablation: ours with one speed switch off
+        phase = phase.model_copy(update={"speed": phase.speed.model_copy(update={path[len(WITHOUT):]: False})})
+    if path == "ours" or path.startswith(WITHOUT):
         model, trainer = build_ours(recipe, phase, base, tmp, rows, args)
     else:
         model, trainer = build_stock(recipe, phase, base, tmp, rows, args, recipe_optimizer=path == "stock-muon")
@@ -519,6 +522,10 @@ def main() -> None:
     parser.add_argument("--parallel", action="store_true", help="run the paths' processes at once (a loaded "
                         "machine gives each a share: compare step_cpu_s then, not wall time)")
     parser.add_argument("--output", type=Path, default=None, help="write all results as JSON here")
+    parser.add_argument("--without", nargs="+", default=[], metavar="SWITCH",
+                        help="also run ours with this speed switch off (path ours-without-SWITCH), per switch")
+    parser.add_argument("--paths", nargs="+", default=None,
+                        help="run only these paths (stock, stock-muon, ours, ours-without-SWITCH)")
     parser.add_argument("--worker", nargs=2, metavar=("RECIPE", "PATH"), help=argparse.SUPPRESS)
     a = parser.parse_args()
     if a.device is None:
@@ -545,8 +552,15 @@ def main() -> None:
     else:
         print(f"# {size_profile(a.device, a.small)['name']}; {steps} measured steps after {warmup}"
               + ("; the paths' processes at once" if a.parallel else ""), flush=True)
+        from retrievers.config import SpeedConfig
+
+        unknown = [switch for switch in a.without if switch not in SpeedConfig.model_fields]
+        if unknown:
+            sys.exit(f"--without {unknown[0]}: not a speed switch ({', '.join(SpeedConfig.model_fields)})")
         runs = [(recipe, path) for recipe in a.recipes
-                for path in (("stock", "stock-muon", "ours") if recipe == "splade" else ("stock", "ours"))]
+                for path in (("stock", "stock-muon", "ours") if recipe == "splade" else ("stock", "ours"))
+                + tuple(WITHOUT + switch for switch in a.without)
+                if a.paths is None or path in a.paths]
 
         def start(recipe: str, path: str) -> subprocess.Popen:
             cmd = [sys.executable, __file__, "--worker", recipe, path, "--device", a.device,
@@ -582,7 +596,8 @@ def print_table(results: list[dict]) -> None:
     for (recipe, path), r in by.items():
         print(f"| {recipe} | {path} | " + " | ".join(str(r.get(k)) for k in keys) + " |")
     for recipe in dict.fromkeys(r["recipe"] for r in results):
-        for reference in ("stock", "stock-muon"):
+        references = ["stock", "stock-muon"] + [path for (r, path) in by if r == recipe and path.startswith(WITHOUT)]
+        for reference in references:
             stock, ours = by.get((recipe, reference)), by.get((recipe, "ours"))
             if not (stock and ours):
                 continue

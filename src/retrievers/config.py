@@ -204,10 +204,6 @@ class SpeedConfig(Strict):
     packed_splade_pooling: bool = Field(
         description="with fused_splade_pooling: the decoder over the attended tokens only, packed into chunks of "
         "whole rows, and a backward through compressed-row sparse products built without a sort")
-    joint_columns: bool = Field(
-        description="SPLADE: a step's query, positive and negative columns through one model forward (outputs split "
-        "back for the unchanged loss), so length buckets span every text and the vocabulary-sized gradients are "
-        "formed once")
     pretokenized: bool = Field(
         description="KD recipes: tokenise the queries and documents tables once into a cache (checkpoints/tokens) "
         "and collate batches by padding token ids (retrievers.data.tokens); the stock collators' tensors")
@@ -220,8 +216,7 @@ class SpeedConfig(Strict):
         """Every fast path off: the stock libraries' code (the sizes are then unused)."""
         return cls(length_buckets=False, bucket_tokens=16384, pad_multiple=8, min_bucket_efficiency=0.95,
                    documents_to_longest=False, fused_splade_pooling=False, splade_chunk_tokens=2048,
-                   packed_splade_pooling=False, joint_columns=False, pretokenized=False,
-                   scan_free_no_duplicates=False)
+                   packed_splade_pooling=False, pretokenized=False, scan_free_no_duplicates=False)
 
 
 class PhaseBase(Strict):

@@ -12,9 +12,6 @@ Three separable layers, each behind a switch in ``phases.<phase>.speed`` (``Spee
   autograd function that holds at most ``splade_chunk_tokens`` x vocabulary logits at a time and keeps only the
   per-(row, term) maximum and its position for the backward pass. The backward is two sparse x dense products
   over those positions (active terms x hidden work instead of tokens x vocabulary x hidden).
-* ``joint_columns`` (SPLADE): a step's columns (query, positive, negatives) through one model forward instead of
-  one per column (``encode_columns_jointly``), so the length buckets span every text of the step and the
-  vocabulary-sized gradients (decoder, token embedding) are formed once, not once per column.
 
 The subclasses change ``forward`` (and ``tokenize`` for ColBERT) only; what they save is what the stock classes
 save, so a model trained with the fast paths loads with ``pylate.models.ColBERT`` / ``SparseEncoder``.
@@ -314,8 +311,6 @@ class PackedSparseEncoder(SavesAsStock, SparseEncoder):
                 and modules[1].pooling_strategy == "max" and isinstance(modules[0].auto_model, NeoBERTLMHead))
 
     def forward(self, input: dict, **kwargs) -> dict:  # noqa: A002 - the parent's parameter name
-        if "input_ids" not in input and "sentence_embedding" in input:  # encoded already (encode_columns_jointly)
-            return input
         speed = self.speed
         fused = speed.fused_splade_pooling and self._fusable()
         if not (fused or speed.length_buckets) or "input_ids" not in input:
@@ -353,33 +348,6 @@ class PackedSparseEncoder(SavesAsStock, SparseEncoder):
         inverse[torch.tensor(order)] = torch.arange(len(order))
         input["sentence_embedding"] = pooled.index_select(0, inverse.to(pooled.device))
         return input
-
-
-def encode_columns_jointly(loss) -> None:
-    """``speed.joint_columns``: ``loss`` (sentence-transformers' ``SpladeLoss``, which encodes each column with its
-    own model call) gets its columns' embeddings from one call. A forward pre-hook, torch's own extension point,
-    concatenates the columns' features (each padded on the right to the widest column; padded positions are
-    masked, as within a column), encodes them with the loss's model (the trainer's wrapped one under DDP), and
-    hands the loss each column's rows as features that hold their embedding, which ``PackedSparseEncoder.forward``
-    returns as they are. The loss object, its class and everything it computes from the embeddings stay the
-    library's; only the encoder's batching changes (tests/test_packed.py: loss and gradients equal the stock
-    path's)."""
-
-    def encode_once(module, args):
-        features, *rest = args
-        features = list(features)
-        if not features or any("input_ids" not in f for f in features):
-            return None
-        model = module.model
-        width = max(f["input_ids"].shape[1] for f in features)
-        keys = [key for key in TEXT_KEYS if all(key in f for f in features)]
-        pad_id = getattr(getattr(model, "module", model).tokenizer, "pad_token_id", None) or 0
-        joint = {key: torch.cat([F.pad(f[key], (0, width - f[key].shape[1]), value=pad_id if key == "input_ids" else 0)
-                                 for f in features]) for key in keys}
-        embeddings = model(joint)["sentence_embedding"].split([f["input_ids"].shape[0] for f in features])
-        return ([{"sentence_embedding": e} for e in embeddings], *rest)
-
-    loss.register_forward_pre_hook(encode_once)
 
 
 def with_speed(model, speed: SpeedConfig):

@@ -23,7 +23,6 @@ from sentence_transformers.sparse_encoder.data_collator import SparseEncoderData
 
 from retrievers.config import SpladePhase, WSDSchedule
 from retrievers.models.splade import build_splade
-from retrievers.packed import PackedSparseEncoder, encode_columns_jointly
 
 # st_splade_train.py@b80f2b8: `no_decay = ["bias", "LayerNorm.weight"]`, matched as substrings of the parameter
 # names. On NeoBERT (norms named `attention_norm`, `ffn_norm`, `layer_norm`; no biases but the MLM decoder's) it
@@ -384,15 +383,12 @@ def build_loss(model, phase: SpladePhase):
         "margin-mse": lambda: SparseMarginMSELoss(model=model),
         "distill-kldiv": lambda: SparseDistillKLDivLoss(model=model),
     }[phase.loss]()
-    loss = SpladeLoss(
+    return SpladeLoss(
         model=model,
         loss=inner,
         query_regularizer_weight=phase.query_regularizer_weight,
         document_regularizer_weight=phase.document_regularizer_weight,
     )
-    if phase.speed.joint_columns and isinstance(model, PackedSparseEncoder):
-        encode_columns_jointly(loss)
-    return loss
 
 
 # ------------------------------------------------------------------------------------------------ trainer
