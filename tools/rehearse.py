@@ -6,9 +6,10 @@ checkpoint saving and MLflow run), with the published arguments except what a re
 * ``per_device_train_batch_size`` (``--batch-size``) and ``max_steps`` (``--steps``); ``logging_steps`` 1, and
   ``save_steps`` = the step count where the phase does not evaluate during training, so a checkpoint is written;
 * on a machine without CUDA: bf16 autocast on the CPU (``use_cpu``) where the phase asks for fp16 or bf16 (the
-  trainer has no fp16 autocast on CPU), and ``torch_compile`` off unless ``--compile``. Where the CPU has no fast
-  bf16 products (oneDNN needs AVX-512 for them; on an AVX2 CPU torch falls back to a scalar loop, about 0.7
-  GFLOP/s against 100 in float32), those phases run in float32 instead and the table says so.
+  trainer has no fp16 autocast on CPU), and ``torch_compile`` and ``heavyball_compile`` off unless
+  ``--compile``. Where the CPU has no fast bf16 products (oneDNN needs AVX-512 for them; on an AVX2 CPU torch
+  falls back to a scalar loop, about 0.7 GFLOP/s against 100 in float32), those phases run in float32 instead
+  and the table says so.
 
 The base models are built with random weights from the published configs in ``tools/full-size/<source>.json``
 (ModernBERT-base, NeoBERT 28 x 768) with synthetic WordPiece tokenizers of the published vocabulary sizes; the
@@ -228,6 +229,8 @@ def rehearsal_params(raw: dict[str, Any], steps: int, batch_size: int, cuda: boo
             if args.get("fp16") or args.get("bf16"):
                 args.update(fp16=False, bf16=cpu_bf16, use_cpu=True)
             args["torch_compile"] = bool(args.get("torch_compile")) and compile_on_cpu
+            if "heavyball_compile" in phase:  # heavyball's own torch.compile of its updates, likewise
+                phase["heavyball_compile"] = bool(phase["heavyball_compile"]) and compile_on_cpu
     return raw
 
 
@@ -351,7 +354,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=1, help="per device (XTR KD at 1, n_ways 16: ~11 GiB on CPU)")
     parser.add_argument("--phases", nargs="*", help="a subset of params.yaml's phases (default: all, in order)")
     parser.add_argument("--short-texts", action="store_true", help="a few words per text (CI), not the full lengths")
-    parser.add_argument("--compile", action="store_true", help="keep torch_compile on a machine without CUDA")
+    parser.add_argument("--compile", action="store_true", 
+                        help="keep torch_compile (and heavyball_compile) on a machine without CUDA")
     parser.add_argument("--json", type=Path, help="also write the measurements here")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=YAML",
                         help="one more params.yaml change, e.g. phases.modernbert-xtr.n_ways=2 (printed)")
