@@ -289,12 +289,12 @@ def run_one(recipe: str, path: str, device: str, small: bool, steps: int, warmup
     values["use_cpu"] = device == "cpu"
     args = args_cls(output_dir=str(tmp / "out"), seed=params.seed, report_to="none", save_strategy="no",
                     disable_tqdm=True, **values)
-    if path.startswith(WITHOUT):  # an ablation: ours with one speed switch off
-        phase = phase.model_copy(update={"speed": phase.speed.model_copy(update={path[len(WITHOUT):]: False})})
-    if path == "ours" or path.startswith(WITHOUT):
-        model, trainer = build_ours(recipe, phase, base, tmp, rows, args)
-    else:
+    if path in ("stock", "stock-muon"):
         model, trainer = build_stock(recipe, phase, base, tmp, rows, args, recipe_optimizer=path == "stock-muon")
+    else:  # ours, or an ablation (ours with one speed switch off)
+        if path.startswith(WITHOUT):
+            phase = phase.model_copy(update={"speed": phase.speed.model_copy(update={path[len(WITHOUT):]: False})})
+        model, trainer = build_ours(recipe, phase, base, tmp, rows, args)
     speed = getattr(model, "speed", None)
     query_length = getattr(model, "query_length", None)
 
@@ -554,9 +554,10 @@ def main() -> None:
               + ("; the paths' processes at once" if a.parallel else ""), flush=True)
         from retrievers.config import SpeedConfig
 
-        unknown = [switch for switch in a.without if switch not in SpeedConfig.model_fields]
+        switches = [name for name, field in SpeedConfig.model_fields.items() if field.annotation is bool]
+        unknown = [switch for switch in a.without if switch not in switches]
         if unknown:
-            sys.exit(f"--without {unknown[0]}: not a speed switch ({', '.join(SpeedConfig.model_fields)})")
+            sys.exit(f"--without {unknown[0]}: not a speed switch ({', '.join(switches)})")
         runs = [(recipe, path) for recipe in a.recipes
                 for path in (("stock", "stock-muon", "ours") if recipe == "splade" else ("stock", "ours"))
                 + tuple(WITHOUT + switch for switch in a.without)

@@ -63,8 +63,9 @@ def test_every_published_phase_takes_a_step_at_full_size(tmp_path):
         # zeropower_via_newtonschulz5: `G.bfloat16()`), which a CPU without fast bf16 products (AVX2) computes
         # with torch's scalar loop. Measured with ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2: one such
         # orthogonalisation of a 3072 x 768 matrix 8.8 s on one thread (2.0 s at AVX-512), and a full-size step
-        # has 84 layer matrices of that order and two of 30522 x 768; the SPLADE phase had not finished after
-        # 12 minutes. The other phases still rehearse here; `make rehearse` runs them all.
+        # has 84 layer matrices of that order and two of 30522 x 768; the SPLADE phase (heavyball's compile
+        # still on then) had not finished after 12 minutes. The other phases still rehearse here; `make rehearse`
+        # runs them all.
         phases = [key for key in phases if params.phases[key].recipe != "splade"]
         command += ["--phases", *phases]
     import os

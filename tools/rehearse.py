@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=1, help="per device (XTR KD at 1, n_ways 16: ~11 GiB on CPU)")
     parser.add_argument("--phases", nargs="*", help="a subset of params.yaml's phases (default: all, in order)")
     parser.add_argument("--short-texts", action="store_true", help="a few words per text (CI), not the full lengths")
-    parser.add_argument("--compile", action="store_true", 
+    parser.add_argument("--compile", action="store_true",
                         help="keep torch_compile (and heavyball_compile) on a machine without CUDA")
     parser.add_argument("--json", type=Path, help="also write the measurements here")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=YAML",
