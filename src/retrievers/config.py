@@ -203,7 +203,8 @@ class SpeedConfig(Strict):
     splade_chunk_tokens: int = Field(ge=1, description="token positions whose vocabulary logits exist at once")
     packed_splade_pooling: bool = Field(
         description="with fused_splade_pooling: the decoder over the attended tokens only, packed into chunks of "
-        "whole rows, and a backward through compressed-row sparse products built without a sort")
+        "whole rows, its bias added to each row's maximum, and a backward through compressed-row sparse products "
+        "built without a sort")
     pretokenized: bool = Field(
         description="KD recipes: tokenise the queries and documents tables once into a cache (checkpoints/tokens) "
         "and collate batches by padding token ids (retrievers.data.tokens); the stock collators' tensors")

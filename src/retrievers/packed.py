@@ -230,6 +230,10 @@ class _PackedSpladeMaxPool(torch.autograd.Function):
     ``chunk_tokens`` tokens: large products, no padding positions, no mask pass) and each row's maximum is taken
     over its own tokens. The stock maximum also sees the masked positions' 0, which changes nothing: a row's
     activation is log1p(relu(max)), 0 with a zero gradient whenever the maximum over its real tokens is <= 0.
+    A term's bias is the same for every token, so it is added to the row's maximum instead of to every logit
+    (rounding is monotone, so max_l fl(x_l + b) = fl(max_l x_l + b); against a product that adds the bias
+    inside, as ``F.linear`` does, only the last bit can differ). That saves a pass over the tokens x vocabulary
+    product.
     The backward's sparse matrix (one nonzero per (row, term) with a positive maximum) is built directly in
     compressed rows, term-major: each term's nonzeros are its rows in order, whose tokens are in ascending order,
     so no sort is needed (the COO path's ``coalesce``)."""
@@ -248,11 +252,12 @@ class _PackedSpladeMaxPool(torch.autograd.Function):
             last = first + 1  # rows first..last-1: at least one, whole rows up to chunk_tokens tokens
             while last < len(lengths) and starts[last + 1] - starts[first] <= chunk_tokens:
                 last += 1
-            logits = torch.addmm(bias, flat[starts[first] : starts[last]], weight.t())
+            logits = flat[starts[first] : starts[last]] @ weight.t()  # the bias after the maximum (below)
             for row in range(first, last):
                 begin = starts[row] - starts[first]
                 if lengths[row]:
                     values, position = logits[begin : begin + lengths[row]].max(dim=0)
+                    values = values.add_(bias)
                 else:  # no attended position: the stock maximum is the masked 0
                     values, position = logits.new_zeros(vocabulary), logits.new_zeros(vocabulary, dtype=torch.long)
                 maxima.append(values)
