@@ -10,6 +10,7 @@ own (the fast paths live in the model and collator; the recipe's temperature sit
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -94,6 +95,42 @@ def test_length_buckets_cover_every_row_once_and_keep_to_the_budget():
         assert len(rows) == 1 or len(rows) * width <= 256
     real = sum(lengths)
     assert real / sum(len(rows) * width for rows, width in plan) >= 0.85
+
+
+def _groupings(n: int):
+    """Every split of sorted rows 0..n-1 into consecutive groups, as group boundaries."""
+    for cuts in itertools.product([False, True], repeat=n - 1):
+        yield [0, *(i + 1 for i, cut in enumerate(cuts) if cut), n]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_length_buckets_are_the_fewest_micro_forwards_that_keep_the_efficiency(seed):
+    """Against every grouping of the sorted rows (brute force): no grouping within the budget and the efficiency
+    has fewer micro-forwards, none with as few has fewer positions; where none reaches the efficiency, the plan
+    has the fewest positions there are, in the fewest micro-forwards."""
+    rng = random.Random(seed)
+    lengths = [rng.randint(0, 40) for _ in range(rng.randint(1, 9))]
+    budget, pad, cap = rng.choice([24, 48, 96, 1000]), rng.choice([1, 4, 8]), 48
+    efficiency = rng.choice([0.5, 0.8, 0.95])
+    plan = length_buckets(lengths, token_budget=budget, pad_multiple=pad, min_efficiency=efficiency, cap=cap)
+    assert sorted(i for rows, _ in plan for i in rows) == list(range(len(lengths)))
+    width = [min(cap, -(-max(n, 1) // pad) * pad) for n in sorted(lengths)]
+    feasible = []
+    for bounds in _groupings(len(lengths)):
+        groups = list(itertools.pairwise(bounds))
+        if all(b - a == 1 or (b - a) * width[b - 1] <= budget for a, b in groups):
+            feasible.append((len(groups), sum((b - a) * width[b - 1] for a, b in groups)))
+    got = (len(plan), sum(len(rows) * w for rows, w in plan))
+    for rows, w in plan:
+        assert w == max(min(cap, -(-max(lengths[i], 1) // pad) * pad) for i in rows)
+        assert len(rows) == 1 or len(rows) * w <= budget
+    allowed = sum(lengths) / efficiency
+    meeting = [f for f in feasible if f[1] <= allowed + 1e-9]
+    if meeting:
+        assert got == min(meeting)
+    else:
+        fewest_positions = min(p for _, p in feasible)
+        assert got == min(f for f in feasible if f[1] == fewest_positions)
 
 
 @pytest.mark.parametrize("recipe", ["xtr-contrastive", "xtr-distillation"])

@@ -193,7 +193,8 @@ class SpeedConfig(Strict):
     pad_multiple: int = Field(ge=1, description="micro-forward widths are rounded up to this multiple")
     min_bucket_efficiency: float = Field(
         gt=0, le=1,
-        description="a micro-forward closes before a row that would bring its real tokens / positions below this")
+        description="the fewest micro-forwards whose positions keep the batch's real tokens / positions at or above "
+        "this (one micro-forward per width where the rounding to pad_multiple alone falls short)")
     documents_to_longest: bool = Field(
         description="ColBERT: pad documents to the batch's longest, not to document_length (padded positions are "
         "masked out of the scores)")

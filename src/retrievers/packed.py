@@ -3,7 +3,8 @@
 Three separable layers, each behind a switch in ``phases.<phase>.speed`` (``SpeedConfig``):
 
 * ``length_buckets``: a batch's rows are sorted by length and encoded in micro-forwards, each trimmed to its
-  own longest row (rounded up to ``pad_multiple``), so the encoder computes almost only real tokens. The outputs
+  own longest row (rounded up to ``pad_multiple``), so the encoder computes almost only real tokens; the fewest
+  micro-forwards that keep ``min_bucket_efficiency`` (a dynamic programme over the sorted rows). The outputs
   are put back in the batch's order and shape (padding positions hold zeros), so the unchanged losses and
   scores (XTR's global top-k, SPLADE's in-batch ranking) see the same tensors as on the stock path.
 * ``documents_to_longest`` (ColBERT): documents are padded to the batch's longest instead of PyLate's
@@ -22,6 +23,7 @@ from __future__ import annotations
 import itertools
 import logging
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pylate import models as pylate_models
@@ -42,25 +44,39 @@ def length_buckets(
 ) -> list[tuple[list[int], int]]:
     """Rows grouped for micro-forwards: ``[(row indices, width)]`` in ascending length.
 
-    A bucket closes before the row that would push it past ``token_budget`` positions or below
-    ``min_efficiency`` (real tokens / positions); its width is its longest row rounded up to ``pad_multiple``
-    (at most ``cap``, the batch's padded length)."""
+    A micro-forward's width is its longest row rounded up to ``pad_multiple`` (at most ``cap``, the batch's padded
+    length), and it holds at most ``token_budget`` positions (rows x width) unless one row alone is wider. Of the
+    groupings of the length-sorted rows, this is one with the fewest micro-forwards whose positions keep the
+    batch's real tokens / positions at or above ``min_efficiency``, and of those the fewest positions. Each
+    micro-forward costs a pass over the weights (and, in training, a weight gradient the size of the model), so
+    fewer, fuller ones are faster than one per width. Where even one micro-forward per width falls short of
+    ``min_efficiency`` (the rounding to ``pad_multiple`` alone), that finest grouping is the plan."""
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    buckets: list[tuple[list[int], int]] = []
-    rows: list[int] = []
-    real = width = 0
-    for i in order:
-        w = min(cap, -(-max(lengths[i], 1) // pad_multiple) * pad_multiple)
-        positions = (len(rows) + 1) * w
-        if rows and (positions > token_budget or (real + lengths[i]) / positions < min_efficiency):
-            buckets.append((rows, width))
-            rows, real = [], 0
-        rows.append(i)
-        real += lengths[i]
-        width = w
-    if rows:
-        buckets.append((rows, width))
-    return buckets
+    n = len(order)
+    if not n:
+        return []
+    widths = np.array([min(cap, -(-max(lengths[i], 1) // pad_multiple) * pad_multiple) for i in order], np.float64)
+    # cost[i, j]: the positions of one micro-forward over sorted rows i..j-1; infinite where i >= j, or where it
+    # holds more than one row and breaks the budget.
+    first, stop = np.arange(n + 1)[:, None], np.arange(n + 1)[None, :]
+    rows = stop - first
+    cost = rows * np.concatenate([[0.0], widths])[None, :]
+    cost[(rows <= 0) | ((rows > 1) & (cost > token_budget))] = np.inf
+    # The positions to reach: real / min_efficiency, or the fewest possible (one micro-forward per row) if more.
+    allowed = max(sum(lengths) / min_efficiency, float(widths.sum()))
+    best = np.full(n + 1, np.inf)
+    best[0] = 0.0
+    parents = []
+    while best[n] > allowed * (1 + 1e-12):  # one more micro-forward: the fewest positions covering rows 0..j-1
+        total = best[:, None] + cost
+        parent = total.argmin(0)
+        best = total[parent, np.arange(n + 1)]
+        parents.append(parent)
+    bounds = [n]
+    for parent in reversed(parents):
+        bounds.append(int(parent[bounds[-1]]))
+    bounds.reverse()
+    return [([order[r] for r in range(a, b)], int(widths[b - 1])) for a, b in itertools.pairwise(bounds)]
 
 
 def _bucketed(features: dict, lengths: torch.Tensor, speed: SpeedConfig, encode) -> torch.Tensor:
