@@ -114,7 +114,10 @@ def test_length_buckets_are_the_fewest_micro_forwards_that_keep_the_efficiency(s
     efficiency = rng.choice([0.5, 0.8, 0.95])
     plan = length_buckets(lengths, token_budget=budget, pad_multiple=pad, min_efficiency=efficiency, cap=cap)
     assert sorted(i for rows, _ in plan for i in rows) == list(range(len(lengths)))
-    width = [min(cap, -(-max(n, 1) // pad) * pad) for n in sorted(lengths)]
+    def rounded(length: int) -> int:  # a row's width: its length rounded up to pad, at most cap
+        return min(cap, -(-max(length, 1) // pad) * pad)
+
+    width = [rounded(n) for n in sorted(lengths)]
     feasible = []
     for bounds in _groupings(len(lengths)):
         groups = list(itertools.pairwise(bounds))
@@ -122,7 +125,7 @@ def test_length_buckets_are_the_fewest_micro_forwards_that_keep_the_efficiency(s
             feasible.append((len(groups), sum((b - a) * width[b - 1] for a, b in groups)))
     got = (len(plan), sum(len(rows) * w for rows, w in plan))
     for rows, w in plan:
-        assert w == max(min(cap, -(-max(lengths[i], 1) // pad) * pad) for i in rows)
+        assert w == max(rounded(lengths[i]) for i in rows)
         assert len(rows) == 1 or len(rows) * w <= budget
     allowed = sum(lengths) / efficiency
     meeting = [f for f in feasible if f[1] <= allowed + 1e-9]
